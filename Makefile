@@ -1,0 +1,39 @@
+# Tandem developer entry points. `make serve` and `make test` are the two the README promises.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup serve test proto proto-check lint-proto bench eval clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch goes first and pinned: an unpinned torch (or one pulled in by
+# sentence-transformers) resolves to a multi-GB CUDA build.
+setup: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+
+serve: setup
+	$(BIN)/tandem serve
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Regenerates tandem/v1/*_pb2*.py from proto/. Never edit the generated files.
+proto:
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. proto/tandem/v1/*.proto
+
+proto-check: proto
+	git diff --exit-code -- tandem/ || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
+
+lint-proto:
+	cd proto && npx --yes @bufbuild/buf lint
+
+bench: setup
+	$(BIN)/tandem bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,197 @@
+"""Assemble and run the server: models, batchers, store, gRPC services, health,
+reflection, metrics endpoint, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server import metrics
+from server.config import Config
+from server.embed import EmbedService
+from server.errors import ServiceError
+from server.index import IndexService
+from server.info import InfoService
+from server.interceptors import ServerInterceptor
+from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker
+from server.rerank import RerankService
+from server.runtime import Runtime
+from server.search import SearchService
+from server.storage import Store
+from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
+                       rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc)
+from workers import Batcher
+from workers.recall import RecallBackend
+
+log = logging.getLogger("tandem")
+
+RERANK = rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name
+SEARCH = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+INDEX = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
+EMBED = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
+INFO = info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name
+STORE_SERVICES = (SEARCH, INDEX)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _read_tokens(cfg: Config) -> frozenset[str]:
+    tokens = {t.strip() for t in cfg.auth_tokens.split(",") if t.strip()}
+    if cfg.auth_tokens_file:
+        lines = Path(cfg.auth_tokens_file).read_text().splitlines()
+        tokens |= {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+    return frozenset(tokens)
+
+
+def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
+    if not cfg.tls_cert:
+        return None
+    key, chain = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
+    ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def load_models(rt: Runtime) -> None:
+    cfg = rt.config
+    emb = await asyncio.to_thread(load_embedder, cfg.embedder, cfg.device, cfg.allow_download)
+    rt.embedders[emb.name] = Batcher("embedder", emb, cfg.embed_limits,
+                                     metrics.BatcherMetrics("embedder", cfg.embed_queue_capacity))
+    if not cfg.reranker_enabled:
+        rt.reranker_missing = ("this server runs recall-only (--reranker none); "
+                               "restart it with --reranker MODEL to serve Rerank")
+        return
+    try:
+        rr = await asyncio.to_thread(load_reranker, cfg.reranker, cfg.device, cfg.allow_download)
+    except ModelNotFound as exc:
+        if cfg.reranker != DEFAULT_RERANKER:
+            raise  # a model the user named must load
+        rt.reranker_missing = (f"no reranker is loaded: the default {DEFAULT_RERANKER} could not be found "
+                               "(offline?). Restart with --reranker /path/to/cross-encoder, or pre-fill "
+                               "the Hugging Face cache.")
+        log.warning("=" * 72 + "\nRECALL-ONLY MODE: %s\n%s\n" + "=" * 72, rt.reranker_missing, exc)
+        return
+    rt.rerankers[rr.name] = Batcher("reranker", rr, cfg.rerank_limits,
+                                    metrics.BatcherMetrics("reranker", cfg.queue_capacity))
+
+
+class TandemServer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rt = Runtime(cfg)
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http = None
+        self._monitor: asyncio.Task | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        await load_models(rt)
+        rt.store = Store(cfg.milvus_uri, cfg.milvus_token)
+        rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
+                            metrics.BatcherMetrics("recall", cfg.recall_queue_capacity), passthrough=(ServiceError,))
+        for b in rt.batchers():
+            b.start()
+            m = b.backend
+            if hasattr(m, "dtype"):
+                metrics.MODEL_INFO.labels(m.name, m.kind, str(m.device), m.dtype).set(1)
+        if cfg.warmup:
+            await self._warmup()
+
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(cfg.max_concurrent_requests, _read_tokens(cfg), cfg.auth_exempt_health)],
+            options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                     ("grpc.max_send_message_length", cfg.max_message_bytes),
+                     ("grpc.so_reuseport", 0)],
+        )
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(rt), self.server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchService(rt), self.server)
+        index_pb2_grpc.add_IndexServiceServicer_to_server(IndexService(rt), self.server)
+        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedService(rt), self.server)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoService(rt), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (RERANK, SEARCH, INDEX, EMBED, INFO, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+
+        addr = f"{cfg.host}:{cfg.port}"
+        creds = _credentials(cfg)
+        self.port = self.server.add_secure_port(addr, creds) if creds else self.server.add_insecure_port(addr)
+        if cfg.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = metrics.serve_metrics(cfg.metrics_host, cfg.metrics_port)
+        await self.server.start()
+
+        await self.health.set(RERANK, SERVING if rt.rerankers else NOT_SERVING)
+        for svc in (EMBED, INFO):
+            await self.health.set(svc, SERVING)
+        await self._check_store()
+        await self.health.set("", SERVING)
+        self._monitor = asyncio.create_task(self._watch_store())
+        log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s)",
+                 addr if cfg.port else f"{cfg.host}:{self.port}", " with TLS" if creds else "",
+                 self.metrics_port, rt.store.kind, ", ".join(rt.rerankers) or "NONE (recall-only)")
+
+    async def _warmup(self) -> None:
+        for b in [*self.rt.rerankers.values(), *self.rt.embedders.values()]:
+            item = ("warm up", "warm up") if b.backend.kind == "reranker" else "warm up"
+            await b.submit([item])
+
+    async def _check_store(self) -> bool:
+        try:
+            await asyncio.to_thread(self.rt.store.ping)
+            ok = True
+        except ServiceError as exc:
+            log.warning("store check failed: %s", exc.message)
+            ok = False
+        for svc in STORE_SERVICES:
+            await self.health.set(svc, SERVING if ok else NOT_SERVING)
+        return ok
+
+    async def _watch_store(self, every: float = 2.0) -> None:
+        # Health follows the store: NOT_SERVING while Milvus is unreachable, back on its own.
+        while True:
+            await asyncio.sleep(every)
+            await self._check_store()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, report NOT_SERVING, drain in-flight and queued work, then release everything."""
+        grace = self.cfg.grace_seconds if grace is None else grace
+        if self._monitor:
+            self._monitor.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for b in self.rt.batchers():
+            await b.stop(drain_seconds=0)
+        if self.rt.store is not None:
+            await asyncio.to_thread(self.rt.store.close)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(cfg: Config) -> None:
+    srv = TandemServer(cfg)
+    await srv.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stopping:
+            log.info("%s: draining for up to %.1fs", sig.name, cfg.grace_seconds)
+            stopping.append(loop.create_task(srv.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await srv.wait()
+    log.info("tandem stopped")

@@ -1,0 +1,139 @@
+"""Server configuration: one dataclass, filled from defaults, then TANDEM_* environment
+variables, then command-line flags (highest precedence).
+
+Every field is a flag (`--max-batch-pairs`) and an environment variable
+(`TANDEM_MAX_BATCH_PAIRS`); the help text lives next to the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+from server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
+from workers import BatchLimits
+
+
+def _f(default, help: str, secret: bool = False):
+    return field(default=default, repr=not secret, metadata={"help": help, "secret": secret})
+
+
+@dataclass
+class Config:
+    # transport
+    host: str = _f("0.0.0.0", "gRPC bind address")
+    port: int = _f(50051, "gRPC port (0 picks a free one)")
+    metrics_host: str = _f("0.0.0.0", "bind address of the Prometheus /metrics endpoint")
+    metrics_port: int = _f(9100, "Prometheus /metrics port (0 picks a free one, -1 disables)")
+    # models
+    reranker: str = _f(DEFAULT_RERANKER, "cross-encoder: Hugging Face id or local folder; 'none' = recall-only")
+    embedder: str = _f(DEFAULT_EMBEDDER, "bi-encoder for collections and Embed: Hugging Face id or local folder")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    allow_download: bool = _f(True, "download models from the Hugging Face Hub when not found locally")
+    # storage
+    milvus_uri: str = _f("./data/tandem.db", "Milvus Lite path, or http://host:19530 for Milvus Standalone/Distributed")
+    milvus_token: str = _f("", "Milvus token (user:password or API key)", secret=True)
+    # reranker batching
+    max_batch_pairs: int = _f(32, "pairs per reranker batch")
+    max_batch_tokens: int = _f(16384, "padded tokens per reranker batch (longest pair x pairs)")
+    max_wait_ms: float = _f(0.0, "when the model is idle, wait up to this long for a batch to fill")
+    queue_capacity: int = _f(4096, "pairs the reranker queue holds before refusing with RESOURCE_EXHAUSTED")
+    # embedder batching
+    embed_max_batch: int = _f(64, "texts per embedder batch")
+    embed_max_batch_tokens: int = _f(16384, "padded tokens per embedder batch")
+    embed_queue_capacity: int = _f(16384, "texts the embedder queue holds")
+    # recall batching
+    recall_max_batch: int = _f(64, "query vectors per Milvus search call")
+    recall_max_wait_ms: float = _f(0.0, "idle wait for more queries before a Milvus search")
+    recall_queue_capacity: int = _f(1024, "searches the recall queue holds")
+    # request limits
+    max_documents_per_request: int = _f(1000, "documents per Rerank/Upsert call, texts per Embed call")
+    max_text_bytes: int = _f(262144, "longest accepted text, in UTF-8 bytes")
+    max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message accepted")
+    max_recall_k: int = _f(1000, "largest recall_k a Search may ask for")
+    max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
+    # lifecycle
+    grace_seconds: float = _f(15.0, "on SIGTERM, how long in-flight and queued work may take to drain")
+    warmup: bool = _f(True, "run one batch through each model at start")
+    # security
+    tls_cert: str = _f("", "PEM server certificate chain; enables TLS")
+    tls_key: str = _f("", "PEM server private key")
+    tls_client_ca: str = _f("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    auth_tokens_file: str = _f("", "file with one accepted bearer token per line; enables auth")
+    auth_tokens: str = _f("", "comma-separated accepted bearer tokens; enables auth", secret=True)
+    auth_exempt_health: bool = _f(True, "health and reflection stay reachable without a token")
+    log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
+
+    @property
+    def rerank_limits(self) -> BatchLimits:
+        return BatchLimits(self.max_batch_pairs, self.max_batch_tokens, self.max_wait_ms, self.queue_capacity)
+
+    @property
+    def embed_limits(self) -> BatchLimits:
+        return BatchLimits(self.embed_max_batch, self.embed_max_batch_tokens, self.max_wait_ms, self.embed_queue_capacity)
+
+    @property
+    def recall_limits(self) -> BatchLimits:
+        return BatchLimits(self.recall_max_batch, 0, self.recall_max_wait_ms, self.recall_queue_capacity)
+
+    @property
+    def reranker_enabled(self) -> bool:
+        return self.reranker.lower() not in ("", "none")
+
+    def validate(self) -> None:
+        positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
+                    "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
+                    "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+
+
+def _parse_bool(v: str) -> bool:
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def env_name(field_name: str) -> str:
+    return "TANDEM_" + field_name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults stay None so we can tell 'not given'."""
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
+        env = env_name(f.name)
+        default = "" if f.metadata.get("secret") else f" (default {f.default!r})"
+        help_ = f"{f.metadata['help']}{default}; env {env}"
+        if kind is _parse_bool:
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=help_)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_)
+
+
+def from_sources(args: argparse.Namespace | None = None, environ: dict | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Config):
+        kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None and env_name(f.name) in environ:
+            try:
+                raw = kind(environ[env_name(f.name)])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"{env_name(f.name)}: {exc}") from None
+        if raw is not None:
+            values[f.name] = raw
+    cfg = Config(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,165 @@
+"""One server interceptor for what every RPC shares: auth, the concurrency limit,
+metrics, error-to-status mapping and timing trailers.
+
+Services raise ServiceError (or a worker error) and fill `call_timings()`; the
+interceptor turns both into the status and trailing metadata the client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hmac
+import logging
+import time
+
+import grpc
+
+from server import metrics
+from server.errors import to_status
+
+log = logging.getLogger(__name__)
+
+# Methods a mesh must reach without credentials or capacity (when so configured).
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_timings: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tandem_timings", default=None)
+
+
+def call_timings() -> dict:
+    """Per-call dict a service fills with `queue_seconds` / `inference_seconds`; sent as trailers."""
+    t = _timings.get()
+    return t if t is not None else {}
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, max_concurrent: int, tokens: frozenset[str] = frozenset(), exempt_health: bool = True):
+        self.max_concurrent = max_concurrent
+        self.tokens = tokens
+        self.exempt_health = exempt_health
+        self.in_flight = 0
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED, and no label is made
+            return None
+        method = details.method
+        exempt = method.startswith(EXEMPT_PREFIXES)
+        if self.tokens and not (exempt and self.exempt_health):
+            if not self._authorized(details.invocation_metadata):
+                return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED,
+                             "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'")
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._wrap(handler.unary_unary, method, exempt))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._wrap(handler.stream_unary, method, exempt))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
+        return handler
+
+    def _authorized(self, md) -> bool:
+        for key, value in md or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                presented = value[7:].strip().encode()
+                return any(hmac.compare_digest(presented, t.encode()) for t in self.tokens)
+        return False
+
+    def _wrap(self, behavior, method: str, exempt: bool):
+        in_flight = metrics.IN_FLIGHT.labels(method)
+
+        async def wrapper(request, context):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            token = _timings.set({})
+            counted = not exempt
+            if counted:
+                self.in_flight += 1
+            in_flight.inc()
+            try:
+                if counted and self.in_flight > self.max_concurrent:
+                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await context.abort(code, f"server busy: {self.max_concurrent} requests in flight "
+                                              "(max_concurrent_requests); retry with backoff")
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = context.code() or code
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                raise
+            except Exception as exc:
+                mapped = to_status(exc)
+                if mapped is None:
+                    log.exception("unhandled error in %s", method)
+                    mapped = (grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+                code = mapped[0]
+                _set_trailers(context, start)
+                await context.abort(*mapped)
+            finally:
+                if counted:
+                    self.in_flight -= 1
+                in_flight.dec()
+                if code == grpc.StatusCode.OK:
+                    _set_trailers(context, start)
+                elapsed = time.perf_counter() - start
+                metrics.REQUESTS.labels(method, code.name).inc()
+                metrics.REQUEST_SECONDS.labels(method, code.name).observe(elapsed)
+                _timings.reset(token)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior, method: str):
+        in_flight = metrics.IN_FLIGHT.labels(method)
+
+        async def wrapper(request, context):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            in_flight.inc()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                in_flight.dec()
+                metrics.REQUESTS.labels(method, code.name).inc()
+                metrics.REQUEST_SECONDS.labels(method, code.name).observe(time.perf_counter() - start)
+
+        return wrapper
+
+
+def _set_trailers(context, start: float) -> None:
+    t = call_timings()
+    md = [("tandem-total-seconds", f"{time.perf_counter() - start:.6f}")]
+    for key in ("queue_seconds", "inference_seconds"):
+        if key in t:
+            md.append(("tandem-" + key.replace("_", "-"), f"{t[key]:.6f}"))
+    context.set_trailing_metadata(tuple(md))
+
+
+def _deny(handler, method: str, code: grpc.StatusCode, message: str):
+    async def unary(request, context):
+        metrics.REQUESTS.labels(method, code.name).inc()
+        await context.abort(code, message)
+
+    async def streaming(request, context):
+        metrics.REQUESTS.labels(method, code.name).inc()
+        await context.abort(code, message)
+        yield  # pragma: no cover
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary)
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary)
+    if handler.unary_stream:
+        return handler._replace(unary_stream=streaming)
+    return handler._replace(stream_stream=streaming)

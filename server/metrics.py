@@ -1,0 +1,74 @@
+"""Every Prometheus metric Tandem exports, in one place.
+
+Names follow Prometheus conventions: `tandem_` prefix, base units (seconds),
+`_total` counters. Labels are closed sets (gRPC method, status code, stage,
+worker, reason, model info): no user-supplied string ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# From sub-millisecond queue waits to multi-second CPU reranks.
+SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+           0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+POW2_ITEMS = tuple(float(2**i) for i in range(0, 11))           # 1 .. 1024
+POW2_TOKENS = tuple(float(2**i) for i in range(4, 18))          # 16 .. 131072
+
+REQUESTS = Counter("tandem_requests", "RPCs finished, by method and gRPC status code", ["method", "code"])
+REQUEST_SECONDS = Histogram("tandem_request_duration_seconds", "RPC latency, by method and gRPC status code",
+                            ["method", "code"], buckets=SECONDS)
+IN_FLIGHT = Gauge("tandem_requests_in_flight", "RPCs being served now", ["method"])
+STAGE_SECONDS = Histogram("tandem_search_stage_duration_seconds", "Search latency per stage",
+                          ["stage"], buckets=SECONDS)
+DEGRADED = Counter("tandem_search_degraded", "Searches answered recall-only although rerank was asked for",
+                   ["reason"])
+
+QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["worker"])
+QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker"])
+QUEUE_WAIT = Histogram("tandem_queue_wait_seconds", "Time an item waited in a worker queue",
+                       ["worker"], buckets=SECONDS)
+BATCH_SIZE = Histogram("tandem_batch_size", "Items per model/backend batch", ["worker"], buckets=POW2_ITEMS)
+BATCH_TOKENS = Histogram("tandem_batch_tokens", "Padded tokens per batch (longest item x items)",
+                         ["worker"], buckets=POW2_TOKENS)
+BATCH_SECONDS = Histogram("tandem_batch_compute_seconds", "Model/backend time per batch",
+                          ["worker"], buckets=SECONDS)
+DROPPED = Counter("tandem_dropped_items", "Items dropped before compute, by reason", ["worker", "reason"])
+MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)", ["model", "kind", "device", "dtype"])
+
+
+class BatcherMetrics:
+    """The batcher's observer: label children are bound once, so each hook is one call."""
+
+    def __init__(self, worker: str, capacity: int):
+        self._depth = QUEUE_DEPTH.labels(worker)
+        self._wait = QUEUE_WAIT.labels(worker)
+        self._size = BATCH_SIZE.labels(worker)
+        self._tokens = BATCH_TOKENS.labels(worker)
+        self._seconds = BATCH_SECONDS.labels(worker)
+        self._dropped = {r: DROPPED.labels(worker, r) for r in ("cancelled", "deadline", "overload")}
+        QUEUE_CAPACITY.labels(worker).set(capacity)
+        self._depth.set(0)
+
+    def queue_depth(self, items: int) -> None:
+        self._depth.set(items)
+
+    def dequeued(self, wait_seconds: Sequence[float]) -> None:
+        for w in wait_seconds:
+            self._wait.observe(w)
+
+    def batch(self, items: int, padded_tokens: int, seconds: float) -> None:
+        self._size.observe(items)
+        self._tokens.observe(padded_tokens)
+        self._seconds.observe(seconds)
+
+    def dropped(self, reason: str, items: int) -> None:
+        self._dropped[reason].inc(items)
+
+
+def serve_metrics(host: str, port: int):
+    """Start the /metrics HTTP endpoint on its own thread; returns the bound port."""
+    server, _thread = start_http_server(port, addr=host)
+    return server, server.server_port

@@ -1,0 +1,104 @@
+"""tandem.v1.SearchService: embed the query, recall candidates, rerank them, return the best."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+
+from server import metrics, validation
+from server.errors import ServiceError, invalid
+from server.filters import compile_filter
+from server.messages import dict_to_struct, sigmoid
+from server.runtime import Runtime
+from tandem.v1 import search_pb2, search_pb2_grpc
+from workers import BackendError, DeadlineExceeded, Overloaded
+from workers.recall import RecallQuery
+
+log = logging.getLogger(__name__)
+
+Mode = search_pb2.SearchMode
+MODES = {Mode.SEARCH_MODE_UNSPECIFIED: "dense", Mode.SEARCH_MODE_DENSE: "dense",
+         Mode.SEARCH_MODE_HYBRID: "hybrid", Mode.SEARCH_MODE_SPARSE: "sparse"}
+DEFAULT_TOP_N, DEFAULT_RECALL_K = 10, 100
+
+
+def _reserve(remaining: float) -> float:
+    """Time kept back from the rerank stage so a degraded answer still makes the deadline."""
+    return max(0.005, min(0.05, 0.2 * remaining))
+
+
+class SearchService(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self._stage = {s: metrics.STAGE_SECONDS.labels(s) for s in ("embed", "recall", "rerank")}
+
+    async def Search(self, request: search_pb2.SearchRequest, context) -> search_pb2.SearchResponse:
+        rt, cfg = self.rt, self.rt.config
+        t0 = rt.clock()
+        name = validation.collection(request.collection)
+        validation.text("query", request.query, cfg.max_text_bytes)
+        if request.mode not in MODES:
+            raise invalid(f"mode {request.mode} is not a SearchMode; use SEARCH_MODE_DENSE, _HYBRID or _SPARSE")
+        mode = MODES[request.mode]
+        top_n = request.top_n or DEFAULT_TOP_N
+        recall_k = request.recall_k or max(DEFAULT_RECALL_K, top_n)
+        if recall_k > cfg.max_recall_k:
+            raise invalid(f"recall_k is {recall_k}; the limit is {cfg.max_recall_k} (max_recall_k)")
+        if top_n > recall_k:
+            raise invalid(f"top_n ({top_n}) is larger than recall_k ({recall_k}); raise recall_k or lower top_n")
+        expr = compile_filter(request.filter) if request.HasField("filter") else ""
+        want_rerank = request.rerank if request.HasField("rerank") else True
+        deadline = rt.deadline(context)
+        meta = await asyncio.to_thread(rt.store.meta, name)
+
+        vector = None
+        if mode != "sparse":
+            (vector,), _ = await rt.embedder_batcher(meta.embedder).submit([request.query], deadline=deadline)
+        t1 = rt.clock()
+        query = RecallQuery(name, mode, expr, recall_k, request.query, vector)
+        (hits,), _ = await rt.recall.submit([query], key=query.key, deadline=deadline)
+        t2 = rt.clock()
+
+        scores = [h.score for h in hits]
+        reranked, reason = False, ""
+        if want_rerank and hits:
+            try:
+                scores = await self._rerank(request, hits, deadline)
+                reranked = True
+            except (Overloaded, DeadlineExceeded, BackendError, ServiceError) as exc:
+                no_reranker = isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.FAILED_PRECONDITION
+                if request.require_rerank or (isinstance(exc, ServiceError) and not no_reranker):
+                    raise
+                reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+                metrics.DEGRADED.labels(type(exc).__name__).inc()
+                log.debug("search degraded to recall-only: %s", reason)
+        t3 = rt.clock()
+
+        order = sorted(range(len(hits)), key=lambda i: -scores[i]) if reranked else range(len(hits))
+        out = [
+            search_pb2.SearchHit(id=hits[i].id, text=hits[i].text, metadata=dict_to_struct(hits[i].metadata),
+                                 score=scores[i], recall_score=hits[i].score, recall_rank=i)
+            for i in list(order)[:top_n]
+        ]
+        self._stage["embed"].observe(t1 - t0)
+        self._stage["recall"].observe(t2 - t1)
+        if want_rerank:
+            self._stage["rerank"].observe(t3 - t2)
+        return search_pb2.SearchResponse(
+            hits=out, reranked=reranked, degraded_reason=reason, recalled=len(hits),
+            timings=search_pb2.SearchTimings(embed_seconds=t1 - t0, recall_seconds=t2 - t1,
+                                             rerank_seconds=t3 - t2, total_seconds=rt.clock() - t0),
+        )
+
+    async def _rerank(self, request, hits, deadline: float | None) -> list[float]:
+        batcher = self.rt.reranker_batcher(request.reranker)  # FAILED_PRECONDITION when recall-only
+        budget = None
+        if deadline is not None:
+            budget = deadline - _reserve(deadline - self.rt.clock())
+        logits, _ = await batcher.submit([(request.query, h.text) for h in hits], deadline=budget)
+        return [sigmoid(x) for x in logits]
+
+

@@ -1,0 +1,48 @@
+"""Request checks shared by every service. Each failure names the field and the limit."""
+
+from __future__ import annotations
+
+import re
+
+from server.errors import invalid
+
+COLLECTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+MAX_ID_BYTES = 512
+
+
+def text(field: str, value: str, max_bytes: int, *, allow_empty: bool = False) -> str:
+    if not allow_empty and not value.strip():
+        raise invalid(f"{field} is empty")
+    if "\x00" in value:
+        raise invalid(f"{field} contains a NUL character")
+    n = len(value.encode("utf-8", "surrogatepass"))
+    if n > max_bytes:
+        raise invalid(f"{field} is {n} bytes; the limit is {max_bytes} (max_text_bytes)")
+    return value
+
+
+def count(field: str, n: int, limit: int, *, minimum: int = 1) -> None:
+    if n < minimum:
+        raise invalid(f"{field} is empty: send at least {minimum}")
+    if n > limit:
+        raise invalid(f"{field} has {n} entries; the limit is {limit} per request (max_documents_per_request)")
+
+
+def collection(name: str) -> str:
+    if not COLLECTION_RE.match(name):
+        raise invalid(
+            f"collection {name[:80]!r} is not a valid name: use letters, digits and '_', "
+            "starting with a letter or '_', at most 255 characters"
+        )
+    return name
+
+
+def doc_id(value: str, where: str) -> str:
+    if not value:
+        raise invalid(f"{where}: id is empty")
+    if "\x00" in value:
+        raise invalid(f"{where}: id contains a NUL character")
+    n = len(value.encode("utf-8"))
+    if n > MAX_ID_BYTES:
+        raise invalid(f"{where}: id is {n} bytes; the limit is {MAX_ID_BYTES}")
+    return value

@@ -1,0 +1,19 @@
+"""Async model workers: a bounded queue, a dynamic batching loop, and the backends it feeds.
+
+- `queue`: the FIFO and the rule that cuts a batch from it (asyncio side, no threads).
+- `batcher`: the loop that owns the queue and runs batches on a dedicated thread.
+- `backends`: the model code that runs on that thread (cross-encoder, bi-encoder).
+"""
+
+from workers.batcher import Batcher, BatchLimits, BatchStats
+from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+
+__all__ = [
+    "Batcher",
+    "BatchLimits",
+    "BatchStats",
+    "BackendError",
+    "DeadlineExceeded",
+    "Overloaded",
+    "WorkerStopped",
+]

@@ -1,0 +1,259 @@
+"""The dynamic batching loop.
+
+Asyncio side: requests enqueue items with futures and await them; one loop task
+cuts a batch whenever the model is free. Thread side: the backend's `measure`
+(tokenisation) and `run` (the model) each get one dedicated thread, so the event
+loop keeps accepting and cancelling while a batch computes, and the cores are
+never oversubscribed by parallel model calls.
+
+No time is spent waiting while the model is busy: whatever queued meanwhile is
+the next batch. `max_wait_ms` applies only when the model sits idle, to let a
+burst that is just arriving share one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Hashable, Protocol, Sequence
+
+from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+from workers.queue import BatchQueue, Entry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 32
+    # Padded tokens per batch (longest x count); 0 = no token budget.
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 0.0
+    queue_capacity: int = 4096
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one request learns about the batches its items went through."""
+
+    items: int
+    tokens: int
+    truncated: int
+    queue_seconds: float
+    inference_seconds: float
+
+
+class Backend(Protocol):
+    max_length: int
+
+    def measure(self, payloads: Sequence[Any]) -> list[int]:
+        """Token length of each payload, capped at max_length + 1 (thread side)."""
+
+    def run(self, payloads: Sequence[Any]) -> Sequence[Any]:
+        """One result per payload, in order (thread side)."""
+
+
+class Observer(Protocol):
+    """Metrics hooks; every call is cheap and never blocks."""
+
+    def queue_depth(self, items: int) -> None: ...
+    def dequeued(self, wait_seconds: Sequence[float]) -> None: ...
+    def batch(self, items: int, padded_tokens: int, seconds: float) -> None: ...
+    def dropped(self, reason: str, items: int) -> None: ...
+
+
+class _NullObserver:
+    def queue_depth(self, items):  # noqa: D401
+        pass
+
+    def dequeued(self, wait_seconds):
+        pass
+
+    def batch(self, items, padded_tokens, seconds):
+        pass
+
+    def dropped(self, reason, items):
+        pass
+
+
+@dataclass
+class _Done:
+    result: Any
+    batch_id: int
+    queue_seconds: float
+    batch_seconds: float
+
+
+class Batcher:
+    def __init__(self, name: str, backend: Backend, limits: BatchLimits, observer: Observer | None = None,
+                 passthrough: tuple[type[Exception], ...] = ()):
+        self.name = name
+        # Backend exceptions that already say what went wrong (e.g. "store unreachable")
+        # reach the caller as they are; any other failure becomes a BackendError.
+        self.passthrough = passthrough
+        self.backend = backend
+        self.limits = limits
+        self.observer = observer or _NullObserver()
+        self.queue = BatchQueue(name, limits.queue_capacity, limits.max_batch_size, limits.max_batch_tokens)
+        self._measure_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-measure")
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._accepting = False
+        self._busy = False
+        self._batches = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._accepting = True
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Refuse new work, finish what is queued (up to drain_seconds), then stop."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_seconds
+        while (len(self.queue) or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        _, leftover = self.queue.cut(float("inf"))
+        for e in leftover:
+            if not e.future.done():
+                e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
+        self._measure_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_pool.shutdown(wait=True)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    # -- request side ----------------------------------------------------------
+
+    async def submit(
+        self, payloads: Sequence[Any], *, key: Hashable = None, deadline: float | None = None
+    ) -> tuple[list[Any], BatchStats]:
+        """Queue payloads, wait for every result, return them in order.
+
+        `deadline` is an absolute `loop.time()`. Raises Overloaded at once when
+        the queue cannot take every payload, DeadlineExceeded when the deadline
+        passes first. Cancelling the caller drops its queued items.
+        """
+        if not self._accepting:
+            raise WorkerStopped(f"{self.name} worker is shutting down")
+        if not payloads:
+            return [], BatchStats(0, 0, 0, 0.0, 0.0)
+        try:
+            self.queue.check_room(len(payloads))  # before tokenising work we would throw away
+        except Overloaded:
+            self.observer.dropped("overload", len(payloads))
+            raise
+        loop = asyncio.get_running_loop()
+        if hasattr(self.backend, "measure"):
+            lengths = await loop.run_in_executor(self._measure_pool, self.backend.measure, payloads)
+        else:
+            lengths = [1] * len(payloads)
+        cap = getattr(self.backend, "max_length", 0) or 0
+        now = loop.time()
+        entries = [
+            Entry(p, min(n, cap) if cap else n, key, loop.create_future(), now, deadline)
+            for p, n in zip(payloads, lengths)
+        ]
+        try:
+            self.queue.put(entries)
+        except Overloaded:
+            self.observer.dropped("overload", len(entries))
+            raise
+        self.observer.queue_depth(len(self.queue))
+        self._wakeup.set()
+        futures = [e.future for e in entries]
+        try:
+            if deadline is None:
+                done = await asyncio.gather(*futures)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    done = await asyncio.gather(*futures)
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline passed while waiting for the {self.name} worker") from None
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()  # releases the item from the queue
+            if any(f.cancelled() for f in futures):
+                self.observer.dropped("cancelled", sum(f.cancelled() for f in futures))
+                self.observer.queue_depth(len(self.queue))
+        batch_seconds = {d.batch_id: d.batch_seconds for d in done}
+        stats = BatchStats(
+            items=len(done),
+            tokens=sum(e.cost for e in entries),
+            truncated=sum(1 for n in lengths if cap and n > cap),
+            queue_seconds=max(d.queue_seconds for d in done),
+            inference_seconds=sum(batch_seconds.values()),
+        )
+        return [d.result for d in done], stats
+
+    # -- loop side -------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not len(self.queue):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # The model was idle: optionally let a burst gather.
+                if self.limits.max_wait_ms > 0:
+                    end = loop.time() + self.limits.max_wait_ms / 1000
+                    while len(self.queue) < self.limits.max_batch_size and loop.time() < end:
+                        self._wakeup.clear()
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), end - loop.time())
+                        except TimeoutError:
+                            break
+            now = loop.time()
+            batch, expired = self.queue.cut(now)
+            for e in expired:
+                if not e.future.done():
+                    e.future.set_exception(DeadlineExceeded(f"deadline passed in the {self.name} queue"))
+            if expired:
+                self.observer.dropped("deadline", len(expired))
+            self.observer.queue_depth(len(self.queue))
+            if not batch:
+                continue
+            await self._run_batch(loop, batch, now)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[Entry], now: float) -> None:
+        self._batches += 1
+        batch_id = self._batches
+        waits = [now - e.enqueued for e in batch]
+        self.observer.dequeued(waits)
+        padded = max(e.cost for e in batch) * len(batch)
+        self._busy = True
+        t0 = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._model_pool, self.backend.run, [e.payload for e in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
+        except Exception as exc:  # the batch fails; the worker lives on
+            log.exception("%s batch of %d failed", self.name, len(batch))
+            err = exc if isinstance(exc, self.passthrough) else BackendError(
+                f"{self.name} failed on this batch: {type(exc).__name__}: {exc}")
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(err)
+            return
+        finally:
+            self._busy = False
+            seconds = time.perf_counter() - t0
+            self.observer.batch(len(batch), padded, seconds)
+        for e, r, w in zip(batch, results, waits):
+            if not e.future.done():
+                e.future.set_result(_Done(r, batch_id, w, seconds))

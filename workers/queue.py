@@ -1,0 +1,122 @@
+"""The batch queue: a bounded FIFO of items and the rule that cuts the next batch.
+
+Runs on the event loop only. Items carry a cost (token length, or 1) and a key;
+a batch holds items of one key, at most `max_items` of them, and at most
+`max_tokens` padded tokens (longest item x item count), like TEI's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from workers.errors import Overloaded
+
+
+@dataclass(eq=False)
+class Entry:
+    payload: Any
+    cost: int
+    key: Hashable
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None = None
+    queued: bool = field(default=True, repr=False)
+
+
+class BatchQueue:
+    def __init__(self, name: str, capacity: int, max_items: int, max_tokens: int = 0, window: int = 4):
+        self.name = name
+        self.capacity = capacity
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        # Batches are chosen from the oldest `window x max_items` entries, sorted
+        # by length, so similar lengths share a batch and padding stays small.
+        self.window = max(1, window) * max_items
+        self._entries: deque[Entry] = deque()
+        self._live = 0
+
+    def __len__(self) -> int:
+        """Items waiting that still want an answer."""
+        return self._live
+
+    def check_room(self, n: int) -> None:
+        if self._live + n > self.capacity:
+            raise Overloaded(
+                f"{self.name} queue full: {self._live} of {self.capacity} items waiting and this "
+                f"request adds {n}; retry with backoff, or raise the {self.name} queue capacity"
+            )
+
+    def put(self, entries: list[Entry]) -> None:
+        self.check_room(len(entries))
+        for e in entries:
+            e.future.add_done_callback(lambda _f, e=e: self._release(e))
+        self._entries.extend(entries)
+        self._live += len(entries)
+        # Cancelled entries are released at once but removed lazily; compact
+        # before their shells can outgrow the live queue.
+        if len(self._entries) > 2 * self.capacity:
+            self._entries = deque(e for e in self._entries if e.queued)
+
+    def _release(self, entry: Entry) -> None:
+        if entry.queued:
+            entry.queued = False
+            self._live -= 1
+
+    def cut(self, now: float) -> tuple[list[Entry], list[Entry]]:
+        """Remove and return (batch, expired). Cancelled entries are discarded."""
+        expired: list[Entry] = []
+        window: list[Entry] = []
+        head_key = None
+        for e in self._entries:
+            if not e.queued:
+                continue
+            if e.deadline is not None and e.deadline <= now:
+                expired.append(e)
+                continue
+            if head_key is None:
+                head_key = e.key
+            if e.key == head_key:
+                window.append(e)
+                if len(window) >= self.window:
+                    break
+        batch = self._choose(window) if window else []
+        for e in expired:
+            self._release(e)
+        for e in batch:
+            self._release(e)
+        if batch or expired:
+            self._entries = deque(e for e in self._entries if e.queued)
+        return batch, expired
+
+    def _choose(self, window: list[Entry]) -> list[Entry]:
+        """Grow a batch around the oldest entry, taking the nearest lengths first."""
+        head = window[0]
+        ranked = sorted(window, key=lambda e: e.cost)
+        i = ranked.index(head)
+        lo, hi = i, i + 1  # ranked[lo:hi] is the batch
+        longest = head.cost
+        while hi - lo < self.max_items:
+            below = ranked[lo - 1] if lo > 0 else None
+            above = ranked[hi] if hi < len(ranked) else None
+            if below is None and above is None:
+                break
+            take_above = below is None or (
+                above is not None and above.cost - head.cost <= head.cost - below.cost
+            )
+            nxt = above if take_above else below
+            new_longest = max(longest, nxt.cost)
+            if self.max_tokens and new_longest * (hi - lo + 1) > self.max_tokens:
+                if take_above and below is not None and longest * (hi - lo + 1) <= self.max_tokens:
+                    lo -= 1  # a shorter entry still fits
+                    continue
+                break
+            longest = new_longest
+            if take_above:
+                hi += 1
+            else:
+                lo -= 1
+        # Sorted by length; the backend pads to the longest.
+        return ranked[lo:hi]

@@ -1,0 +1,42 @@
+"""The recall backend: many Search queries against one collection in one store call.
+
+Milvus Lite pays a per-call pass over the collection, so 16 queries in one
+call cost far less than 16 calls. Queries batch together only when they share
+collection, mode and filter (the batcher's key); each gets its own top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class RecallQuery:
+    collection: str
+    mode: str  # dense | sparse | hybrid
+    expr: str
+    k: int
+    text: str = ""
+    vector: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.collection, self.mode, self.expr)
+
+
+class RecallBackend:
+    kind = "recall"
+
+    def __init__(self, store):
+        self.store = store
+
+    def run(self, queries: Sequence[RecallQuery]) -> list:
+        q0 = queries[0]
+        vectors = [q.vector.tolist() for q in queries] if q0.mode != "sparse" else None
+        texts = [q.text for q in queries] if q0.mode != "dense" else None
+        limit = max(q.k for q in queries)
+        results = self.store.search(q0.collection, q0.mode, vectors, texts, limit, q0.expr)
+        return [hits[: q.k] for hits, q in zip(results, queries)]
