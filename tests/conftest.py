@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.checkpoints import minilm_cross_encoder, tiny_cross_encoder
+from tests.serverproc import REPO, ServerProcess
+from tandem.v1 import (embed_pb2_grpc, index_pb2_grpc, info_pb2_grpc, rerank_pb2_grpc, search_pb2_grpc)
+
+DATA = REPO / "datasets"
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(ckpt_dir) -> str:
+    return tiny_cross_encoder(ckpt_dir / "tiny-ce")
+
+
+@pytest.fixture(scope="session")
+def minilm_ce(ckpt_dir) -> str:
+    return minilm_cross_encoder(ckpt_dir / "minilm-ce")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_ce, tmp_path_factory):
+    """The shared server: tiny reranker, bundled embedder, Milvus Lite in a temp dir."""
+    d = tmp_path_factory.mktemp("server")
+    s = ServerProcess(d, "--reranker", tiny_ce, "--milvus-uri", str(d / "milvus.db"),
+                      "--max-documents-per-request", "256", "--queue-capacity", "512").start()
+    yield s
+    s.terminate()
+
+
+class Stubs:
+    def __init__(self, ch: grpc.Channel):
+        self.channel = ch
+        self.rerank = rerank_pb2_grpc.RerankServiceStub(ch)
+        self.info = info_pb2_grpc.InfoServiceStub(ch)
+        self.index = index_pb2_grpc.IndexServiceStub(ch)
+        self.search = search_pb2_grpc.SearchServiceStub(ch)
+        self.embed = embed_pb2_grpc.EmbedServiceStub(ch)
+
+
+@pytest.fixture(scope="session")
+def stubs(server):
+    with server.channel() as ch:
+        yield Stubs(ch)
+
+
+def load_beir(name: str, limit: int | None = None):
+    root = DATA / name
+    corpus = [json.loads(x) for x in (root / "corpus.jsonl").read_text().splitlines()[:limit]]
+    queries = [json.loads(x) for x in (root / "queries.jsonl").read_text().splitlines()]
+    return corpus, queries

@@ -1,0 +1,58 @@
+"""Model resolution at start-up: recall-only mode and explicit-model failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tandem.v1 import rerank_pb2, rerank_pb2_grpc
+from tests.serverproc import REPO, ServerProcess
+
+
+@pytest.mark.parametrize("reranker", ["none", "cross-encoder/ms-marco-MiniLM-L6-v2"])
+def test_recall_only_mode(tmp_path, reranker):
+    # The default reranker cannot be found offline: the server still starts, recall-only.
+    s = ServerProcess(tmp_path, "--reranker", reranker, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false")
+    s.start()
+    try:
+        with s.channel() as ch:
+            h = health_pb2_grpc.HealthStub(ch)
+            status = h.Check(health_pb2.HealthCheckRequest(service="tandem.v1.RerankService"), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert h.Check(health_pb2.HealthCheckRequest(service="tandem.v1.SearchService"), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as e:
+                rerank_pb2_grpc.RerankServiceStub(ch).Rerank(
+                    rerank_pb2.RerankRequest(query="q", documents=["d"]), timeout=5)
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--reranker" in e.value.details()
+        if reranker != "none":
+            assert "RECALL-ONLY MODE" in s.log()
+    finally:
+        s.terminate()
+
+
+def test_explicit_model_that_cannot_be_found_fails_startup(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", str(tmp_path / "missing"),
+                        "--milvus-uri", str(tmp_path / "m.db"), "--port", "0", "--metrics-port", "-1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert r.returncode == 2
+    assert "could not find model" in r.stderr and "Tried:" in r.stderr and "Fix:" in r.stderr
+
+
+def test_env_and_flag_precedence(tmp_path):
+    from server import config
+
+    import argparse
+
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    env = {"TANDEM_PORT": "6000", "TANDEM_MAX_BATCH_PAIRS": "16", "TANDEM_WARMUP": "false"}
+    cfg = config.from_sources(p.parse_args(["--port", "7000"]), env)
+    assert (cfg.port, cfg.max_batch_pairs, cfg.warmup) == (7000, 16, False)
+    with pytest.raises(ValueError, match="TANDEM_PORT"):
+        config.from_sources(p.parse_args([]), {"TANDEM_PORT": "x"})
