@@ -126,12 +126,13 @@ class TandemServer:
         self.port = self.server.add_secure_port(addr, creds) if creds else self.server.add_insecure_port(addr)
         if cfg.metrics_port >= 0:
             self._metrics_http, self.metrics_port = metrics.serve_metrics(cfg.metrics_host, cfg.metrics_port)
-        await self.server.start()
-
+        # Every status is settled before the port opens (the servicer starts "" as SERVING).
+        await self.health.set("", NOT_SERVING)
         await self.health.set(RERANK, SERVING if rt.rerankers else NOT_SERVING)
         for svc in (EMBED, INFO):
             await self.health.set(svc, SERVING)
         await self._check_store()
+        await self.server.start()
         await self.health.set("", SERVING)
         self._monitor = asyncio.create_task(self._watch_store())
         log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s)",
