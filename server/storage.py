@@ -11,14 +11,14 @@ Schema per collection:
 - `metadata`  JSON: the client's metadata object. Kept in one JSON field rather
               than dynamic top-level fields so user keys can never shadow or
               address the reserved fields above.
-The collection description records the embedder, so queries use the same one.
+Collection properties record the embedder (`tandem.embedder`, `tandem.dimension`), so
+queries use the same one; they also mark which collections are Tandem's.
 
 All methods block; callers run them off the event loop.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -40,7 +40,7 @@ INDEX_PARAMS = {"M": 16, "efConstruction": 200}
 RRF_K = 60
 MAX_TEXT_CHARS = 65535
 OUTPUT = ["text", "metadata"]
-_MARK = "tandem.v1"
+_EMBEDDER, _DIMENSION = "tandem.embedder", "tandem.dimension"
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ class Store:
         def do(c: MilvusClient):
             if c.has_collection(name):
                 raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"collection {name!r} already exists")
-            desc = json.dumps({"kind": _MARK, "embedder": embedder, "dimension": dimension})
-            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=desc)
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
             s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_CHARS, enable_analyzer=True)
             s.add_field("dense", DataType.FLOAT_VECTOR, dim=dimension)
@@ -135,7 +134,8 @@ class Store:
             ip = c.prepare_index_params()
             ip.add_index("dense", index_type=INDEX_TYPE, metric_type=METRIC, params=INDEX_PARAMS)
             ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-            c.create_collection(name, schema=s, index_params=ip, consistency_level="Strong")
+            c.create_collection(name, schema=s, index_params=ip, consistency_level="Strong",
+                                properties={_EMBEDDER: embedder, _DIMENSION: str(dimension)})
 
         self._call(do)
         meta = CollectionMeta(name, embedder, dimension)
@@ -164,16 +164,18 @@ class Store:
         def do(c: MilvusClient):
             if not c.has_collection(name):
                 return None
-            return c.describe_collection(name).get("description", "")
+            props = c.describe_collection(name).get("properties") or {}
+            if _EMBEDDER not in props:
+                return None  # not a Tandem collection
+            # After a restart (or on a Milvus server) a collection must be loaded before search.
+            if "NotLoad" in str(c.get_load_state(name).get("state")):
+                c.load_collection(name)
+            return props
 
-        desc = self._call(do)
-        try:
-            d = json.loads(desc) if desc else None
-        except ValueError:
-            d = None
-        if not isinstance(d, dict) or d.get("kind") != _MARK:
-            return None  # absent, or not a Tandem collection
-        meta = CollectionMeta(name, d["embedder"], int(d["dimension"]))
+        props = self._call(do)
+        if props is None:
+            return None
+        meta = CollectionMeta(name, props[_EMBEDDER], int(props[_DIMENSION]))
         self._meta[name] = meta
         return meta
 

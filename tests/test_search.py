@@ -1,0 +1,224 @@
+"""IndexService, SearchService and EmbedService end to end: real server, Milvus Lite in a temp dir."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import struct_pb2
+
+from tandem.v1 import document_pb2, embed_pb2, filter_pb2, index_pb2, search_pb2
+from tests.conftest import load_beir
+from tests.serverproc import ServerProcess
+
+Op = filter_pb2.Operator
+M = search_pb2.SearchMode
+COLL = "cranfield_small"
+
+
+def struct(d: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def docs_from(corpus):
+    return [document_pb2.Document(id=d["_id"], text=f"{d['title']} {d['text']}".strip(),
+                                  metadata=struct({"title": d["title"], "n": int(d["_id"]),
+                                                   "parity": "even" if int(d["_id"]) % 2 == 0 else "odd",
+                                                   "quote": 'say "hi" \\ ok'}))
+            for d in corpus]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_beir("cranfield", limit=200)[0]
+
+
+@pytest.fixture(scope="module")
+def collection(stubs, corpus):
+    stubs.index.CreateCollection(index_pb2.CreateCollectionRequest(collection=COLL), timeout=30)
+    docs = docs_from(corpus)
+    r = stubs.index.Upsert(index_pb2.UpsertRequest(collection=COLL, documents=docs[:100]), timeout=120)
+    assert r.upserted == 100 and r.usage.pairs == 100
+    msgs = (index_pb2.UpsertStreamRequest(collection=COLL, documents=docs[i:i + 25]) for i in range(100, 200, 25))
+    s = stubs.index.UpsertStream(msgs, timeout=120)
+    assert (s.upserted, s.requests) == (100, 4)
+    return COLL
+
+
+def search(stubs, **kw):
+    kw.setdefault("collection", COLL)
+    return stubs.search.Search(search_pb2.SearchRequest(**kw), timeout=60)
+
+
+def test_collection_lifecycle(stubs, collection):
+    assert COLL in stubs.index.ListCollections(index_pb2.ListCollectionsRequest(), timeout=10).collections
+    info = stubs.index.DescribeCollection(index_pb2.DescribeCollectionRequest(collection=COLL), timeout=10).info
+    assert info.row_count == 200 and info.dimension == 384
+    assert info.embedder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info.index_type == "HNSW" and info.metric_type == "COSINE" and info.index_params["M"] == "16"
+    with pytest.raises(grpc.RpcError) as e:
+        stubs.index.CreateCollection(index_pb2.CreateCollectionRequest(collection=COLL), timeout=10)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    stubs.index.CreateCollection(index_pb2.CreateCollectionRequest(collection="scratch"), timeout=10)
+    stubs.index.DropCollection(index_pb2.DropCollectionRequest(collection="scratch"), timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        stubs.index.DescribeCollection(index_pb2.DescribeCollectionRequest(collection="scratch"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("mode", [M.SEARCH_MODE_DENSE, M.SEARCH_MODE_HYBRID, M.SEARCH_MODE_SPARSE])
+def test_search_modes_find_a_document_by_its_title(stubs, collection, corpus, mode):
+    target = corpus[42]
+    r = search(stubs, query=target["title"], mode=mode, top_n=5, recall_k=20, rerank=False)
+    assert not r.reranked and 0 < len(r.hits) <= 5 and r.recalled == 20
+    assert target["_id"] in [h.id for h in r.hits[:3]]
+    h = r.hits[0]
+    assert h.text and h.metadata["title"] and h.score == h.recall_score and h.recall_rank == 0
+    assert [x.recall_rank for x in r.hits] == list(range(len(r.hits)))
+    assert r.timings.total_seconds >= r.timings.recall_seconds > 0
+    if mode == M.SEARCH_MODE_SPARSE:
+        assert r.timings.embed_seconds < 0.005 and h.recall_score > 0  # no embedding; BM25 positive
+
+
+def test_search_reranks_by_default(stubs, collection, corpus):
+    r = search(stubs, query=corpus[7]["title"], top_n=5, recall_k=30)
+    assert r.reranked and len(r.hits) == 5 and r.recalled == 30
+    scores = [h.score for h in r.hits]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert r.timings.rerank_seconds > 0
+    assert len({h.recall_rank for h in r.hits}) == 5
+
+
+def cond(field, op, value=None):
+    c = filter_pb2.Condition(field=field, op=op)
+    if value is not None:
+        c.value.CopyFrom(struct_pb2.Value())
+        if isinstance(value, list):
+            c.value.list_value.extend(value)
+        elif isinstance(value, bool):
+            c.value.bool_value = value
+        elif isinstance(value, (int, float)):
+            c.value.number_value = value
+        else:
+            c.value.string_value = value
+    return c
+
+
+def test_filters(stubs, collection):
+    q = "boundary layer"
+    even = search(stubs, query=q, recall_k=50, top_n=50, rerank=False,
+                  filter=filter_pb2.Filter(all=[cond("parity", Op.OPERATOR_EQ, "even")]))
+    assert even.hits and all(int(h.id) % 2 == 0 for h in even.hits)
+    rng = search(stubs, query=q, recall_k=50, top_n=50, rerank=False, mode=M.SEARCH_MODE_HYBRID,
+                 filter=filter_pb2.Filter(all=[cond("n", Op.OPERATOR_GTE, 50), cond("n", Op.OPERATOR_LT, 60)]))
+    assert rng.hits and all(50 <= int(h.id) < 60 for h in rng.hits)
+    ins = search(stubs, query=q, recall_k=50, top_n=50, rerank=False, mode=M.SEARCH_MODE_SPARSE,
+                 filter=filter_pb2.Filter(any=[cond("n", Op.OPERATOR_IN, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])]))
+    assert {h.id for h in ins.hits} <= {str(i) for i in range(1, 11)}
+    none = search(stubs, query=q, recall_k=50, top_n=50, rerank=False,
+                  filter=filter_pb2.Filter(none=[cond("parity", Op.OPERATOR_EQ, "odd")]))
+    assert none.hits and all(int(h.id) % 2 == 0 for h in none.hits)
+    quoted = search(stubs, query=q, recall_k=10, rerank=False,
+                    filter=filter_pb2.Filter(all=[cond("quote", Op.OPERATOR_EQ, 'say "hi" \\ ok'),
+                                                  cond("title", Op.OPERATOR_EXISTS)]))
+    assert len(quoted.hits) == 10
+    missing = search(stubs, query=q, recall_k=10, rerank=False,
+                     filter=filter_pb2.Filter(all=[cond("no_such_key", Op.OPERATOR_EXISTS)]))
+    assert len(missing.hits) == 0
+
+
+@pytest.mark.parametrize("f, words", [
+    (filter_pb2.Filter(all=[cond('x"] or 1==1 or metadata["y', Op.OPERATOR_EQ, "a")]), "not a metadata key path"),
+    (filter_pb2.Filter(all=[cond("id", Op.OPERATOR_UNSPECIFIED, "a")]), "unknown operator"),
+    (filter_pb2.Filter(all=[cond("n", Op.OPERATOR_EQ, [1, 2])]), "single value"),
+    (filter_pb2.Filter(all=[cond("n", Op.OPERATOR_IN, 3)]), "non-empty list"),
+    (filter_pb2.Filter(all=[cond("n", Op.OPERATOR_EQ)]), "value must be"),
+    (filter_pb2.Filter(all=[cond("t", Op.OPERATOR_EQ, 'a" or id != "')]), None),  # a literal, not an escape
+    (filter_pb2.Filter(all=[cond("t", Op.OPERATOR_EQ, "line\nbreak")]), "control characters"),
+    (filter_pb2.Filter(all=[cond("n", Op.OPERATOR_EQ, float("nan"))]), "finite"),
+    (filter_pb2.Filter(all=[cond("n", Op.OPERATOR_EQ, 1)] * 33), "limit is 32"),
+])
+def test_bad_filters_are_invalid_argument(stubs, collection, f, words):
+    if words is None:  # injection attempt inside a string literal matches nothing and widens nothing
+        assert len(search(stubs, query="wing", rerank=False, filter=f).hits) == 0
+        return
+    with pytest.raises(grpc.RpcError) as e:
+        search(stubs, query="wing", filter=f)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details()
+
+
+def test_delete(stubs, collection, corpus):
+    stubs.index.Upsert(index_pb2.UpsertRequest(collection=COLL, documents=[
+        document_pb2.Document(id="tmp-1", text="zebra crossing unique marker text")]), timeout=30)
+    r = search(stubs, query="zebra crossing unique marker", mode=M.SEARCH_MODE_SPARSE, rerank=False)
+    assert r.hits[0].id == "tmp-1"
+    d = stubs.index.Delete(index_pb2.DeleteRequest(collection=COLL, ids=["tmp-1", "never-existed"]), timeout=30)
+    assert d.deleted == 2
+    r = search(stubs, query="zebra crossing unique marker", mode=M.SEARCH_MODE_SPARSE, rerank=False)
+    assert "tmp-1" not in [h.id for h in r.hits]
+
+
+@pytest.mark.parametrize("call, req, code, words", [
+    ("search", search_pb2.SearchRequest(collection="nope", query="q"), "NOT_FOUND", "does not exist"),
+    ("search", search_pb2.SearchRequest(collection=COLL, query=" "), "INVALID_ARGUMENT", "query is empty"),
+    ("search", search_pb2.SearchRequest(collection=COLL, query="q", mode=99), "INVALID_ARGUMENT", "SearchMode"),
+    ("search", search_pb2.SearchRequest(collection=COLL, query="q", top_n=50, recall_k=10), "INVALID_ARGUMENT", "top_n"),
+    ("search", search_pb2.SearchRequest(collection=COLL, query="q", recall_k=5000), "INVALID_ARGUMENT", "max_recall_k"),
+    ("search", search_pb2.SearchRequest(collection="bad name!", query="q"), "INVALID_ARGUMENT", "not a valid name"),
+    ("upsert", index_pb2.UpsertRequest(collection="nope", documents=[document_pb2.Document(id="a", text="t")]),
+     "NOT_FOUND", "does not exist"),
+    ("upsert", index_pb2.UpsertRequest(collection=COLL, documents=[document_pb2.Document(id="a", text="")]),
+     "INVALID_ARGUMENT", "text is empty"),
+    ("upsert", index_pb2.UpsertRequest(collection=COLL, documents=[document_pb2.Document(id="a" * 600, text="t")]),
+     "INVALID_ARGUMENT", "limit is 512"),
+    ("upsert", index_pb2.UpsertRequest(collection=COLL, documents=[document_pb2.Document(id="a", text="t"),
+                                                                   document_pb2.Document(id="a", text="u")]),
+     "INVALID_ARGUMENT", "more than once"),
+    ("upsert", index_pb2.UpsertRequest(collection=COLL, documents=[]), "INVALID_ARGUMENT", "is empty"),
+    ("delete", index_pb2.DeleteRequest(collection="nope", ids=["a"]), "NOT_FOUND", "does not exist"),
+    ("create", index_pb2.CreateCollectionRequest(collection="x", embedder="unknown/model"), "NOT_FOUND", "not loaded"),
+])
+def test_index_and_search_errors(stubs, collection, call, req, code, words):
+    fn = {"search": stubs.search.Search, "upsert": stubs.index.Upsert, "delete": stubs.index.Delete,
+          "create": stubs.index.CreateCollection}[call]
+    with pytest.raises(grpc.RpcError) as e:
+        fn(req, timeout=30)
+    assert e.value.code().name == code and words in e.value.details()
+
+
+def test_embed_matches_sentence_transformers(stubs):
+    from sentence_transformers import SentenceTransformer
+
+    from tests.checkpoints import bundled_encoder
+
+    texts = ["a wing in a slipstream", "heat transfer " * 100]
+    r = stubs.embed.Embed(embed_pb2.EmbedRequest(texts=texts), timeout=30)
+    assert r.dimension == 384 and len(r.embeddings) == 2 and r.usage.truncated == 0
+    ref = SentenceTransformer(bundled_encoder(), device="cpu").encode(texts, normalize_embeddings=True)
+    got = np.array([e.values for e in r.embeddings])
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def test_acknowledged_upserts_survive_kill_and_restart(tmp_path, tiny_ce, corpus):
+    from tandem.v1 import index_pb2_grpc, search_pb2_grpc
+
+    args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "durable.db"), "--warmup", "false")
+    s = ServerProcess(tmp_path, *args).start()
+    with s.channel() as ch:
+        index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="d"))
+        index_pb2_grpc.IndexServiceStub(ch).Upsert(
+            index_pb2.UpsertRequest(collection="d", documents=docs_from(corpus[:50])), timeout=60)
+    s.kill()  # SIGKILL: no shutdown hooks, no flush
+    s2 = ServerProcess(tmp_path, *args, log_name="server2.log").start()
+    try:
+        with s2.channel() as ch:
+            info = index_pb2_grpc.IndexServiceStub(ch).DescribeCollection(
+                index_pb2.DescribeCollectionRequest(collection="d"), timeout=30).info
+            assert info.row_count == 50
+            r = search_pb2_grpc.SearchServiceStub(ch).Search(
+                search_pb2.SearchRequest(collection="d", query=corpus[3]["title"], rerank=False), timeout=30)
+            assert corpus[3]["_id"] in [h.id for h in r.hits[:3]]
+    finally:
+        s2.terminate()
