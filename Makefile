@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup serve test proto proto-check lint-proto bench eval clean
+.PHONY: setup serve test proto proto-check lint-proto check-deploy node-setup bench eval clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,15 @@ proto:
 proto-check: proto
 	git diff --exit-code -- tandem/ || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
 
+node-setup:
+	npm ci --no-audit --no-fund --loglevel=error
+
 lint-proto:
-	cd proto && npx --yes @bufbuild/buf lint
+	node_modules/.bin/buf lint proto
+
+# promtool, Kubernetes schemas (kubernetes-validate), compose schema, dashboard/metric cross-checks.
+check-deploy:
+	$(BIN)/python -m pytest -q tests/test_deploy.py
 
 bench: setup
 	$(BIN)/tandem bench

@@ -25,6 +25,9 @@ STAGE_SECONDS = Histogram("tandem_search_stage_duration_seconds", "Search latenc
                           ["stage"], buckets=SECONDS)
 DEGRADED = Counter("tandem_search_degraded", "Searches answered recall-only although rerank was asked for",
                    ["reason"])
+DEGRADE_REASONS = ("Overloaded", "DeadlineExceeded", "BackendError", "ServiceError")
+for _r in DEGRADE_REASONS:  # export zeros from the start, so rate() and dashboards see the series
+    DEGRADED.labels(_r)
 
 QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["worker"])
 QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker"])
