@@ -16,7 +16,7 @@ import time
 import grpc
 
 from server import metrics
-from server.errors import to_status
+from server.errors import ServiceError, invalid, to_status
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if not self._authorized(details.invocation_metadata):
                 return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED,
                              "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'")
+        if handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._wrap(handler.unary_unary, method, exempt))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap(handler.stream_unary, method, exempt))
+            return handler._replace(stream_unary=self._wrap(_checked_stream(handler.stream_unary), method, exempt))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
         if handler.stream_stream:
@@ -78,6 +80,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self.in_flight += 1
             in_flight.inc()
             try:
+                if isinstance(request, _Undecodable):
+                    raise request.error()
                 if counted and self.in_flight > self.max_concurrent:
                     code = grpc.StatusCode.RESOURCE_EXHAUSTED
                     await context.abort(code, f"server busy: {self.max_concurrent} requests in flight "
@@ -135,6 +139,40 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 metrics.REQUEST_SECONDS.labels(method, code.name).observe(time.perf_counter() - start)
 
         return wrapper
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the call can end INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN)."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def error(self) -> ServiceError:
+        return invalid(f"request could not be decoded as the RPC's protobuf message: {self.exc}")
+
+
+def _lenient(deserializer):
+    def decode(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    return decode
+
+
+def _checked_stream(behavior):
+    async def checked(request_iterator, context):
+        async def messages():
+            async for msg in request_iterator:
+                if isinstance(msg, _Undecodable):
+                    raise msg.error()
+                yield msg
+
+        return await behavior(messages(), context)
+
+    return checked
 
 
 def _set_trailers(context, start: float) -> None:

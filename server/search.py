@@ -44,6 +44,8 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
             raise invalid(f"mode {request.mode} is not a SearchMode; use SEARCH_MODE_DENSE, _HYBRID or _SPARSE")
         mode = MODES[request.mode]
         top_n = request.top_n or DEFAULT_TOP_N
+        if top_n > cfg.max_recall_k:
+            raise invalid(f"top_n is {top_n}; the limit is {cfg.max_recall_k} (max_recall_k)")
         recall_k = request.recall_k or max(DEFAULT_RECALL_K, top_n)
         if recall_k > cfg.max_recall_k:
             raise invalid(f"recall_k is {recall_k}; the limit is {cfg.max_recall_k} (max_recall_k)")
