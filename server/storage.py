@@ -87,6 +87,7 @@ class Store:
         """Drop the client so the next call reconnects (after Milvus was unreachable)."""
         with self._lock:
             c, self._client = self._client, None
+            self._meta.clear()  # a restarted Milvus has collections released again: re-check and load
         if c is not None:
             try:
                 c.close()
@@ -101,7 +102,14 @@ class Store:
 
     def _call(self, fn, collection: str | None = None):
         try:
-            return fn(self.client())
+            try:
+                return fn(self.client())
+            except MilvusException as exc:
+                if collection is None or not (exc.code == 101 or "load()" in str(exc.message)):
+                    raise
+                # Released (e.g. Milvus restarted): load once and retry.
+                self.client().load_collection(collection)
+                return fn(self.client())
         except ServiceError:
             raise
         except MilvusException as exc:

@@ -1,0 +1,295 @@
+"""Faults, overload, deadlines, shutdown and crash durability, each against real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tandem.v1 import (document_pb2, index_pb2, index_pb2_grpc, rerank_pb2, rerank_pb2_grpc, search_pb2,
+                       search_pb2_grpc)
+from tests.conftest import load_beir
+from tests.metricsparse import value
+from tests.serverproc import ServerProcess, free_port
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(ch, service=""):
+    return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def wait_for(pred, timeout=30.0, every=0.25):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_beir("cranfield", limit=300)[0]
+
+
+def documents(corpus, prefix=""):
+    return [document_pb2.Document(id=prefix + d["_id"], text=f"{d['title']} {d['text']}".strip()) for d in corpus
+            if d["text"].strip()]
+
+
+# -- Milvus outage -----------------------------------------------------------------------------------------------
+
+class MilvusLite:
+    """A real Milvus Lite server process (`milvus-lite server`), reached over http:// like Milvus Standalone."""
+
+    def __init__(self, data_dir, port):
+        self.data_dir, self.port, self.proc = data_dir, port, None
+
+    def start(self):
+        exe = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from pymilvus import MilvusClient
+
+        assert wait_for(lambda: _reachable(MilvusClient, self.port), 60), "milvus-lite server did not start"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _reachable(client_cls, port):
+    try:
+        client_cls(uri=f"http://127.0.0.1:{port}", timeout=2).list_collections(timeout=2)
+        return True
+    except Exception:
+        return False
+
+
+def test_milvus_outage_gives_unavailable_and_recovers(tmp_path, tiny_ce, corpus):
+    milvus = MilvusLite(tmp_path / "milvus", free_port())
+    milvus.start()
+    s = ServerProcess(tmp_path, "--reranker", tiny_ce, "--milvus-uri", f"http://127.0.0.1:{milvus.port}",
+                      "--warmup", "false").start()
+    try:
+        with s.channel() as ch:
+            index, search = index_pb2_grpc.IndexServiceStub(ch), search_pb2_grpc.SearchServiceStub(ch)
+            index.CreateCollection(index_pb2.CreateCollectionRequest(collection="c"), timeout=30)
+            index.Upsert(index_pb2.UpsertRequest(collection="c", documents=documents(corpus[:20])), timeout=60)
+            req = search_pb2.SearchRequest(collection="c", query=corpus[3]["title"], recall_k=10)
+            assert search.Search(req, timeout=30).hits
+
+            milvus.stop()
+            for call in (lambda: search.Search(req, timeout=30),
+                         lambda: index.Upsert(index_pb2.UpsertRequest(collection="c", documents=documents(corpus[20:25])),
+                                              timeout=30)):
+                with pytest.raises(grpc.RpcError) as e:
+                    call()
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "Milvus is unreachable" in e.value.details()
+            assert wait_for(lambda: health(ch, "tandem.v1.SearchService") == NOT_SERVING, 15)
+            assert health(ch, "tandem.v1.IndexService") == NOT_SERVING
+            assert health(ch, "tandem.v1.RerankService") == SERVING  # unaffected services keep serving
+            assert s.proc.poll() is None
+
+            milvus.start()
+            assert wait_for(lambda: health(ch, "tandem.v1.SearchService") == SERVING, 30)
+            assert corpus[3]["_id"] in [h.id for h in search.Search(req, timeout=30).hits]
+            index.Upsert(index_pb2.UpsertRequest(collection="c", documents=documents(corpus[20:25])), timeout=60)
+    finally:
+        s.terminate()
+        milvus.stop()
+
+
+# -- model failure -----------------------------------------------------------------------------------------------
+
+def test_nan_scores_fail_only_the_affected_batch(tmp_path, tiny_ce):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    poisoned = tmp_path / "nan-ce"
+    ce = CrossEncoder(tiny_ce, device="cpu")
+    token = ce.tokenizer.convert_tokens_to_ids("zebra")
+    with torch.no_grad():
+        ce.model.base_model.embeddings.word_embeddings.weight[token] = float("nan")
+    ce.save(str(poisoned))
+    s = ServerProcess(tmp_path, "--reranker", str(poisoned), "--milvus-uri", str(tmp_path / "m.db"),
+                      "--warmup", "false").start()
+    try:
+        with s.channel() as ch:
+            stub = rerank_pb2_grpc.RerankServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Rerank(rerank_pb2.RerankRequest(query="q", documents=["a zebra"]), timeout=30)
+            assert e.value.code() == grpc.StatusCode.INTERNAL and "non-finite" in e.value.details()
+            ok = stub.Rerank(rerank_pb2.RerankRequest(query="q", documents=["a horse", "a cow"]), timeout=30)
+            assert len(ok.results) == 2
+            assert health(ch, "tandem.v1.RerankService") == SERVING
+    finally:
+        s.terminate()
+
+
+# -- overload, deadlines, degradation, shutdown (MiniLM-sized model: real compute time) -------------------------
+
+@pytest.fixture(scope="module")
+def slow(minilm_ce, tmp_path_factory, corpus):
+    d = tmp_path_factory.mktemp("slow")
+    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--max-batch-pairs", "16",
+                      "--queue-capacity", "400", "--grace-seconds", "60").start()
+    with s.channel() as ch:
+        index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
+        index_pb2_grpc.IndexServiceStub(ch).Upsert(index_pb2.UpsertRequest(
+            collection="c", documents=documents(corpus[:200])), timeout=300)
+    yield s
+    s.terminate()
+
+
+def test_search_degrades_when_rerank_cannot_meet_the_deadline(slow, corpus):
+    with slow.channel() as ch:
+        search = search_pb2_grpc.SearchServiceStub(ch)
+        req = search_pb2.SearchRequest(collection="c", query=corpus[5]["title"], top_n=5, recall_k=200)
+        start = time.monotonic()
+        r = search.Search(req, timeout=1.0)  # 200 abstracts need several seconds of CPU reranking
+        assert time.monotonic() - start < 1.0
+        assert not r.reranked and "DeadlineExceeded" in r.degraded_reason and len(r.hits) == 5
+        assert [h.recall_rank for h in r.hits] == [0, 1, 2, 3, 4]
+        req.require_rerank = True
+        with pytest.raises(grpc.RpcError) as e:
+            search.Search(req, timeout=1.0)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_for(lambda: value(slow.metrics_text(), "tandem_queue_depth", worker="reranker") == 0, 30)
+
+
+def test_search_degrades_when_rerank_queue_is_full(slow, corpus):
+    with slow.channel() as ch:
+        rerank = rerank_pb2_grpc.RerankServiceStub(ch)
+        search = search_pb2_grpc.SearchServiceStub(ch)
+        long_docs = [d.text for d in documents(corpus[:300])][:200]
+        fill = [rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=long_docs), timeout=120)
+                for _ in range(2)]  # 400 pairs: the queue is at capacity
+        time.sleep(0.5)
+        r = search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50), timeout=30)
+        assert not r.reranked and "Overloaded" in r.degraded_reason and r.hits
+        with pytest.raises(grpc.RpcError) as e:
+            search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50, require_rerank=True),
+                          timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for f in fill:
+            f.result()
+
+
+def test_deadline_storm_leaves_nothing_behind(slow, corpus):
+    docs = [d.text for d in documents(corpus[:100])]
+    with slow.channel() as ch:
+        rerank = rerank_pb2_grpc.RerankServiceStub(ch)
+        busy = rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=docs[:48]), timeout=120)
+        calls = [rerank.Rerank.future(rerank_pb2.RerankRequest(query=f"q{i}", documents=docs[i % 50: i % 50 + 4]),
+                                      timeout=0.05 + (i % 5) * 0.05) for i in range(100)]
+        codes = []
+        for c in calls:
+            try:
+                c.result()
+                codes.append("OK")
+            except grpc.RpcError as e:
+                codes.append(e.code().name)
+        busy.result()
+        assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"} and codes.count("DEADLINE_EXCEEDED") >= 90
+        time.sleep(0.5)
+        m = slow.metrics_text()
+        assert value(m, "tandem_queue_depth", worker="reranker") == 0
+        assert value(m, "tandem_requests_in_flight", method="/tandem.v1.RerankService/Rerank") == 0
+        # A late success is never sent: the items were dropped, not computed.
+        assert value(m, "tandem_dropped_items_total", worker="reranker", reason="deadline") + \
+            value(m, "tandem_dropped_items_total", worker="reranker", reason="cancelled") >= 300
+
+
+def test_sigterm_drains_every_accepted_request(slow, minilm_ce, tmp_path, corpus):
+    s = ServerProcess(tmp_path, "--reranker", minilm_ce, "--milvus-uri", str(tmp_path / "m.db"),
+                      "--grace-seconds", "60", "--warmup", "false").start()
+    docs = [d.text for d in documents(corpus[:60])]
+    with s.channel() as ch:
+        stub = rerank_pb2_grpc.RerankServiceStub(ch)
+        results, errors = [], []
+        stop = threading.Event()
+
+        def client(i):
+            while not stop.is_set():
+                try:
+                    r = stub.Rerank(rerank_pb2.RerankRequest(query=f"q{i}", documents=docs[i: i + 8]), timeout=120)
+                    results.append(len(r.results))
+                except grpc.RpcError as e:
+                    errors.append(e.code())
+                    return
+
+        with ThreadPoolExecutor(8) as pool:
+            for i in range(8):
+                pool.submit(client, i)
+            time.sleep(2.0)
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            stop.set()
+        rc = s.proc.wait(90)
+    assert rc == 0, s.log()[-3000:]
+    assert results and all(n == 8 for n in results)
+    # Calls that started after the signal are refused cleanly; none accepted before it was lost.
+    assert all(c in (grpc.StatusCode.UNAVAILABLE,) for c in errors), errors
+    assert "draining" in s.log()
+
+
+# -- crash durability --------------------------------------------------------------------------------------------
+
+def test_kill9_during_ingest_keeps_every_acknowledged_document(tmp_path, tiny_ce, corpus):
+    args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "crash.db"), "--warmup", "false")
+    s = ServerProcess(tmp_path, *args).start()
+    docs = documents(corpus)
+    acked: list[str] = []
+    with s.channel() as ch:
+        index = index_pb2_grpc.IndexServiceStub(ch)
+        index.CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
+
+        def writer():
+            for i in range(0, len(docs), 10):
+                try:
+                    index.Upsert(index_pb2.UpsertRequest(collection="c", documents=docs[i:i + 10]), timeout=30)
+                except grpc.RpcError:
+                    return
+                acked.extend(d.id for d in docs[i:i + 10])
+
+        def streamer():  # a bulk stream in flight at the moment of the kill
+            msgs = (index_pb2.UpsertStreamRequest(collection="c", documents=documents(corpus, "s")[i:i + 10])
+                    for i in range(0, 290, 10))
+            try:
+                index.UpsertStream(msgs, timeout=60)
+            except grpc.RpcError:
+                pass
+
+        t1, t2 = threading.Thread(target=writer), threading.Thread(target=streamer)
+        t1.start(), t2.start()
+        assert wait_for(lambda: len(acked) >= 60, 60)
+        s.kill()
+        t1.join(), t2.join()
+    s2 = ServerProcess(tmp_path, *args, log_name="restart.log").start()
+    try:
+        with s2.channel() as ch:
+            index = index_pb2_grpc.IndexServiceStub(ch)
+            info = index.DescribeCollection(index_pb2.DescribeCollectionRequest(collection="c"), timeout=30).info
+            assert info.row_count >= len(acked)
+            search = search_pb2_grpc.SearchServiceStub(ch)
+            by_id = {d.id: d for d in docs}
+            for doc_id in acked[:: max(1, len(acked) // 15)]:
+                r = search.Search(search_pb2.SearchRequest(collection="c", query=by_id[doc_id].text[:200], top_n=5,
+                                                           recall_k=20, rerank=False), timeout=30)
+                assert doc_id in [h.id for h in r.hits], doc_id
+            # Still writable after the crash.
+            index.Upsert(index_pb2.UpsertRequest(collection="c", documents=[
+                document_pb2.Document(id="after", text="written after the crash")]), timeout=30)
+    finally:
+        s2.terminate()
