@@ -100,6 +100,8 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
             if pending is not None:
                 total += await pending
                 pending = None
+            if collection and total:
+                await self._store(self.rt.store.flush, collection)
         finally:
             if pending is not None:
                 # Let an in-progress write finish rather than abandoning it half-way.

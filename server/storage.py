@@ -198,6 +198,11 @@ class Store:
         res = self._call(lambda c: c.upsert(name, rows), name)
         return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
 
+    def flush(self, name: str) -> None:
+        """Seal buffered rows into indexed segments. Not needed for durability (the WAL has them), but
+        searching Milvus Lite's in-memory buffer is a brute-force pass, so bulk ingest ends with this."""
+        self._call(lambda c: c.flush(name), name)
+
     def delete(self, name: str, ids: list[str]) -> None:
         self._call(lambda c: c.delete(name, ids=ids), name)
 

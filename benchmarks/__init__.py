@@ -1,0 +1,1 @@
+"""Benchmarks: `tandem bench` (or `python -m benchmarks.run`) writes a table and JSON."""

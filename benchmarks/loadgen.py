@@ -1,0 +1,70 @@
+"""Load generator: a separate process that speaks plain gRPC, so client cost is not charged to the server.
+
+    python -m benchmarks.loadgen TARGET WORKLOAD.json --concurrency 16 --seconds 10
+
+WORKLOAD.json: {"rpc": "rerank" | "search", "requests": [<request as JSON>, ...]}. Clients cycle through the
+requests for `seconds` (after `warmup` seconds) and the report (JSON on stdout) has counts and latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+from google.protobuf import json_format
+
+from tandem.v1 import rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc
+
+
+async def main(args) -> dict:
+    work = json.loads(open(args.workload).read())
+    rpc = work["rpc"]
+    cls = rerank_pb2.RerankRequest if rpc == "rerank" else search_pb2.SearchRequest
+    reqs = [json_format.ParseDict(r, cls()) for r in work["requests"]]
+    async with grpc.aio.insecure_channel(args.target) as ch:
+        call = (rerank_pb2_grpc.RerankServiceStub(ch).Rerank if rpc == "rerank"
+                else search_pb2_grpc.SearchServiceStub(ch).Search)
+        lat, items, errors, stages = [], 0, {}, {"embed": [], "recall": [], "rerank": []}
+        start = time.perf_counter()
+        warm_end = start + args.warmup
+        end = warm_end + args.seconds
+        counter = iter(range(10**9))
+
+        async def client():
+            nonlocal items
+            while True:
+                i = next(counter)
+                req = reqs[i % len(reqs)]
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    return
+                try:
+                    resp = await call(req, timeout=300)
+                except grpc.aio.AioRpcError as e:
+                    errors[e.code().name] = errors.get(e.code().name, 0) + 1
+                    continue
+                t1 = time.perf_counter()
+                if t0 >= warm_end and t1 <= end:
+                    lat.append(t1 - t0)
+                    items += len(req.documents) if rpc == "rerank" else 1
+                    if rpc == "search":
+                        for s in stages:
+                            stages[s].append(getattr(resp.timings, f"{s}_seconds"))
+
+        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    return {"requests": len(lat), "items": items, "seconds": args.seconds, "latencies": lat, "errors": errors,
+            "stages": stages if rpc == "search" else None}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("target")
+    p.add_argument("workload")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--warmup", type=float, default=2)
+    json.dump(asyncio.run(main(p.parse_args())), sys.stdout)
