@@ -33,6 +33,9 @@ from server.errors import ServiceError
 log = logging.getLogger(__name__)
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # we log failures ourselves, once
 logging.getLogger("faiss").setLevel(logging.WARNING)
+# Milvus Lite's in-process server logs a traceback each time pymilvus probes an RPC it lacks (AllocTimestamp).
+# Tandem's own server is grpc.aio and does not log through this logger.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 INDEX_TYPE = "HNSW"
 METRIC = "COSINE"

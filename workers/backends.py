@@ -10,6 +10,7 @@ pass and keeps the two paths identical.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -33,7 +34,9 @@ class _Backend:
             # fp16 halves memory and roughly doubles throughput on tensor cores.
             self.model.half()
         self.dtype = "float16" if self.device.type == "cuda" else "float32"
-        self.tokenizer = model.tokenizer
+        # `measure` runs on its own thread. A fast tokenizer keeps its truncation/padding settings as
+        # mutable state, so sharing one with the model thread's `preprocess` races; measure gets a copy.
+        self.tokenizer = copy.deepcopy(model.tokenizer)
         self.max_length = int(model.max_seq_length or self.tokenizer.model_max_length)
 
     def _lengths(self, first: list[str], second: list[str] | None) -> list[int]:
