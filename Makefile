@@ -32,8 +32,12 @@ proto-check: proto
 node-setup:
 	npm ci --no-audit --no-fund --loglevel=error
 
+# buf lint (STANDARD rules), then no breaking change against the last released contract.
+# After a release: node_modules/.bin/buf build proto -o proto/releases/tandem-vX.Y.Z.binpb
+RELEASED_CONTRACT := proto/releases/tandem-v0.1.0.binpb
 lint-proto:
 	node_modules/.bin/buf lint proto
+	node_modules/.bin/buf breaking proto --against $(RELEASED_CONTRACT)
 
 # promtool, Kubernetes schemas (kubernetes-validate), compose schema, dashboard/metric cross-checks.
 check-deploy:

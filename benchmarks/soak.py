@@ -97,7 +97,8 @@ async def soak(target: str, seconds: float, concurrency: int, pid: int | None) -
             "unexpected": {k: v for k, v in counts.items() if k.split(":")[1] not in EXPECTED},
             "per_minute": per_minute, "rss_mb": {"start": rss[0][1] if rss else None, "after_warmup": warm,
                                                    "end": rss[-1][1] if rss else None},
-            "rss_growth_after_warmup": (rss[-1][1] / warm - 1) if rss else None}
+            "rss_growth_after_warmup": (rss[-1][1] / warm - 1) if rss else None,
+            "rss_series_mb": [(round(t), round(r)) for t, r in rss]}
 
 
 def main() -> int:
@@ -123,7 +124,8 @@ def main() -> int:
         rep["server_exit_code"] = rep_rc
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=2))
-    print(json.dumps({k: v for k, v in rep.items() if k != "per_minute"}, indent=2))
+    print(json.dumps({k: v for k, v in rep.items() if k not in ("per_minute", "rss_series_mb")}, indent=2))
+    print("RSS (s, MB):", " ".join(f"{t}:{r}" for t, r in rep["rss_series_mb"]))
     for m in rep["per_minute"]:
         print(f"minute {m['minute']:>2}: {m['requests']:>5} requests, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms")
     return 1 if rep["unexpected"] else 0

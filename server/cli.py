@@ -11,8 +11,9 @@ from server import config
 
 
 def _serve(args) -> int:
-    from server.app import serve
+    from server.app import _limit_malloc_arenas, serve
 
+    _limit_malloc_arenas()  # before any thread allocates
     cfg = config.from_sources(args)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -61,7 +61,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
             seen.add(d.id)
             validation.text(f"{at}.text", d.text, max_bytes)
             rows.append({"id": d.id, "text": d.text, "metadata": metadata_to_dict(d.metadata, at)})
-        meta = await self._store(rt.store.meta, name)
+        meta = rt.store.cached_meta(name) or await self._store(rt.store.meta, name)
         vectors, stats = await rt.embedder_batcher(meta.embedder).submit(
             [r["text"] for r in rows], deadline=rt.deadline(context))
         for r, v in zip(rows, vectors):

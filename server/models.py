@@ -108,16 +108,20 @@ def _quiet_transformers() -> None:
         pass
 
 
+def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool):
+    _quiet_transformers()
+    r = resolve(name, allow_download)
+    model = model_cls(r.path, device=pick_device(device), local_files_only=r.source != "download")
+    log.info("loaded %s %s from %s (%s) on %s", kind, name, r.path, r.source, model.device)
+    return backend_cls(model, name, r.source)
+
+
 def load_reranker(name: str, device: str, allow_download: bool = True):
     from sentence_transformers import CrossEncoder
 
     from workers.backends import CrossEncoderBackend
 
-    _quiet_transformers()
-    r = resolve(name, allow_download)
-    model = CrossEncoder(r.path, device=pick_device(device), local_files_only=r.source != "download")
-    log.info("loaded reranker %s from %s (%s) on %s", name, r.path, r.source, model.device)
-    return CrossEncoderBackend(model, name, r.source)
+    return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download)
 
 
 def load_embedder(name: str, device: str, allow_download: bool = True):
@@ -125,8 +129,4 @@ def load_embedder(name: str, device: str, allow_download: bool = True):
 
     from workers.backends import EmbedderBackend
 
-    _quiet_transformers()
-    r = resolve(name, allow_download)
-    model = SentenceTransformer(r.path, device=pick_device(device), local_files_only=r.source != "download")
-    log.info("loaded embedder %s from %s (%s) on %s", name, r.path, r.source, model.device)
-    return EmbedderBackend(model, name, r.source)
+    return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download)

@@ -54,7 +54,7 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         expr = compile_filter(request.filter) if request.HasField("filter") else ""
         want_rerank = request.rerank if request.HasField("rerank") else True
         deadline = rt.deadline(context)
-        meta = await asyncio.to_thread(rt.store.meta, name)
+        meta = rt.store.cached_meta(name) or await asyncio.to_thread(rt.store.meta, name)
 
         vector = None
         if mode != "sparse":

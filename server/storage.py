@@ -162,6 +162,10 @@ class Store:
         names = self._call(lambda c: c.list_collections())
         return sorted(n for n in names if self._meta_or_none(n) is not None)
 
+    def cached_meta(self, name: str) -> CollectionMeta | None:
+        """The collection's metadata if already known (no I/O: safe on the event loop)."""
+        return self._meta.get(name)
+
     def meta(self, name: str) -> CollectionMeta:
         m = self._meta_or_none(name)
         if m is None:

@@ -29,3 +29,15 @@ def test_node_client(server, tiny_ce):
     res = out["rerank"]["results"]
     assert len(res) == 2 and res[0]["relevance_score"] >= res[1]["relevance_score"]
     assert all(x["document"] for x in res)
+
+
+def test_health_probe_command(server):
+    """`tandem health`, the probe the Docker HEALTHCHECK runs."""
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "server.cli", "health", "--target", server.target], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    bad = subprocess.run([sys.executable, "-m", "server.cli", "health", "--target", server.target, "--service",
+                          "no.Such"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "NOT_FOUND" in bad.stdout

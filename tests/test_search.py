@@ -152,12 +152,16 @@ def test_bad_filters_are_invalid_argument(stubs, collection, f, words):
 def test_delete(stubs, collection, corpus):
     stubs.index.Upsert(index_pb2.UpsertRequest(collection=COLL, documents=[
         document_pb2.Document(id="tmp-1", text="zebra crossing unique marker text")]), timeout=30)
-    r = search(stubs, query="zebra crossing unique marker", mode=M.SEARCH_MODE_SPARSE, rerank=False)
-    assert r.hits[0].id == "tmp-1"
+    for mode in (M.SEARCH_MODE_DENSE, M.SEARCH_MODE_SPARSE):
+        r = search(stubs, query="zebra crossing unique marker text", mode=mode, rerank=False, recall_k=50, top_n=50)
+        # Milvus Lite keeps BM25 statistics per segment, so a lone new document's BM25 score is damped
+        # until it shares a segment with others: it is found, not necessarily first.
+        assert "tmp-1" in [h.id for h in r.hits[:10]], mode
     d = stubs.index.Delete(index_pb2.DeleteRequest(collection=COLL, ids=["tmp-1", "never-existed"]), timeout=30)
     assert d.deleted == 2
-    r = search(stubs, query="zebra crossing unique marker", mode=M.SEARCH_MODE_SPARSE, rerank=False)
-    assert "tmp-1" not in [h.id for h in r.hits]
+    for mode in (M.SEARCH_MODE_DENSE, M.SEARCH_MODE_SPARSE):
+        r = search(stubs, query="zebra crossing unique marker text", mode=mode, rerank=False, recall_k=50, top_n=50)
+        assert "tmp-1" not in [h.id for h in r.hits]
 
 
 @pytest.mark.parametrize("call, req, code, words", [

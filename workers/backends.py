@@ -34,14 +34,15 @@ class _Backend:
             # fp16 halves memory and roughly doubles throughput on tensor cores.
             self.model.half()
         self.dtype = "float16" if self.device.type == "cuda" else "float32"
-        # `measure` runs on its own thread. A fast tokenizer keeps its truncation/padding settings as
-        # mutable state, so sharing one with the model thread's `preprocess` races; measure gets a copy.
-        self.tokenizer = copy.deepcopy(model.tokenizer)
-        self.max_length = int(model.max_seq_length or self.tokenizer.model_max_length)
+        # A fast tokenizer keeps its truncation/padding settings as mutable state, so two threads must
+        # never share one: `measure` gets its own copy for its thread and one for inline use on the loop,
+        # and the model thread keeps the model's.
+        self._tokenizers = {False: copy.deepcopy(model.tokenizer), True: copy.deepcopy(model.tokenizer)}
+        self.max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
 
-    def _lengths(self, first: list[str], second: list[str] | None) -> list[int]:
+    def _lengths(self, first: list[str], second: list[str] | None, inline: bool) -> list[int]:
         # max_length + 1 lets a length above max_length mean "was truncated".
-        enc = self.tokenizer(
+        enc = self._tokenizers[inline](
             first, second, truncation=True, max_length=self.max_length + 1,
             return_attention_mask=False, return_token_type_ids=False,
         )
@@ -60,8 +61,8 @@ class CrossEncoderBackend(_Backend):
             )
         super().__init__(model, name, source)
 
-    def measure(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        return self._lengths([q for q, _ in pairs], [d for _, d in pairs])
+    def measure(self, pairs: Sequence[tuple[str, str]], inline: bool = False) -> list[int]:
+        return self._lengths([q for q, _ in pairs], [d for _, d in pairs], inline)
 
     @torch.inference_mode()
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -85,8 +86,8 @@ class EmbedderBackend(_Backend):
         self.dimension = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
                              else model.get_sentence_embedding_dimension())
 
-    def measure(self, texts: Sequence[str]) -> list[int]:
-        return self._lengths(list(texts), None)
+    def measure(self, texts: Sequence[str], inline: bool = False) -> list[int]:
+        return self._lengths(list(texts), None, inline)
 
     @torch.inference_mode()
     def run(self, texts: Sequence[str]) -> list[np.ndarray]:
