@@ -68,7 +68,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
         self.ce_path = minilm_cross_encoder(self.tmp / "minilm-ce")
         self.rows, self.queries = _corpus()
-        self.seconds = 6 if quick else 12
+        self.seconds = 10 if quick else 15
         self.repeats = 1 if quick else 3
         self.report: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                          "cores": __import__("os").cpu_count(), "python": platform.python_version()},
@@ -96,7 +96,7 @@ class Bench:
         runs = []
         for _ in range(self.repeats):
             out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", target, str(wl), "--concurrency",
-                                  str(concurrency), "--seconds", str(seconds or self.seconds), "--warmup", "2"],
+                                  str(concurrency), "--seconds", str(seconds or self.seconds), "--warmup", "3"],
                                  cwd=REPO, capture_output=True, text=True, check=True).stdout
             runs.append(json.loads(out))
         # Median over repeats, by throughput.
@@ -273,7 +273,9 @@ class Bench:
 def table(rep: dict) -> str:
     s, out = rep["scenarios"], []
     if "1_rerank_throughput" in s:
-        x = s["1_rerank_throughput"]
+        x = dict(s["1_rerank_throughput"])
+        x["raw_pairs_per_s_by_batch"] = {int(k): v for k, v in x["raw_pairs_per_s_by_batch"].items()}
+        x["raw_best_batch"] = int(x["raw_best_batch"])
         out += [f"### 1. Rerank throughput vs concurrency (raw best: batch {x['raw_best_batch']}, "
                 f"{x['raw_pairs_per_s_by_batch'][x['raw_best_batch']]:.1f} pairs/s)", "",
                 "| clients | served pairs/s | raw best pairs/s | served / raw | p50 | p99 |", "|---|---|---|---|---|---|"]
