@@ -143,10 +143,6 @@ class Batcher:
         self._measure_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=True)
 
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
     # -- request side ----------------------------------------------------------
 
     async def submit(
