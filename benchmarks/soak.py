@@ -93,11 +93,22 @@ async def soak(target: str, seconds: float, concurrency: int, pid: int | None) -
     per_minute = [{"minute": m, "requests": len(v), "p50_ms": float(np.percentile(v, 50)) * 1000,
                    "p99_ms": float(np.percentile(v, 99)) * 1000} for m, v in sorted(minute_lat.items())]
     warm = next((r for t, r in rss if t >= 60), rss[-1][1] if rss else float("nan"))
+    # RSS swings by a few hundred MB with batch activations, so end/start alone is noisy: compare the mean of
+    # the two halves after warm-up and fit a slope as well.
+    after = [(t, r) for t, r in rss if t >= 60]
+    trend = {}
+    if len(after) >= 4:
+        h = len(after) // 2
+        first, second = np.mean([r for _, r in after[:h]]), np.mean([r for _, r in after[h:]])
+        slope = np.polyfit([t for t, _ in after], [r for _, r in after], 1)[0] * 60
+        trend = {"mean_first_half_mb": float(first), "mean_second_half_mb": float(second),
+                 "growth_second_vs_first_half": float(second / first - 1), "slope_mb_per_minute": float(slope)}
     return {"seconds": seconds, "concurrency": concurrency, "counts": counts,
             "unexpected": {k: v for k, v in counts.items() if k.split(":")[1] not in EXPECTED},
             "per_minute": per_minute, "rss_mb": {"start": rss[0][1] if rss else None, "after_warmup": warm,
                                                    "end": rss[-1][1] if rss else None},
             "rss_growth_after_warmup": (rss[-1][1] / warm - 1) if rss else None,
+            "rss_trend_after_warmup": trend,
             "rss_series_mb": [(round(t), round(r)) for t, r in rss]}
 
 

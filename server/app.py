@@ -19,7 +19,7 @@ from server.errors import ServiceError
 from server.index import IndexService
 from server.info import InfoService
 from server.interceptors import ServerInterceptor
-from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker
+from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device
 from server.rerank import RerankService
 from server.runtime import Runtime
 from server.search import SearchService
@@ -27,6 +27,7 @@ from server.storage import Store
 from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
                        rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc)
 from workers import Batcher
+from workers.compute import compute_pool
 from workers.recall import RecallBackend
 
 log = logging.getLogger("tandem")
@@ -59,15 +60,19 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
 
 async def load_models(rt: Runtime) -> None:
     cfg = rt.config
-    emb = await asyncio.to_thread(load_embedder, cfg.embedder, cfg.device, cfg.allow_download)
-    rt.embedders[emb.name] = Batcher("embedder", emb, cfg.embed_limits,
-                                     metrics.BatcherMetrics("embedder", cfg.embed_queue_capacity))
+    device = pick_device(cfg.device)
+    # Models load and run on their device's one compute thread (see workers/compute.py).
+    pool = compute_pool(device)
+    loop = asyncio.get_running_loop()
+    emb = await loop.run_in_executor(pool, load_embedder, cfg.embedder, device, cfg.allow_download)
+    rt.embedders[emb.name] = Batcher("embedder", emb, cfg.embed_limits(emb.device.type),
+                                     metrics.BatcherMetrics("embedder", cfg.embed_queue_capacity), executor=pool)
     if not cfg.reranker_enabled:
         rt.reranker_missing = ("this server runs recall-only (--reranker none); "
                                "restart it with --reranker MODEL to serve Rerank")
         return
     try:
-        rr = await asyncio.to_thread(load_reranker, cfg.reranker, cfg.device, cfg.allow_download)
+        rr = await loop.run_in_executor(pool, load_reranker, cfg.reranker, device, cfg.allow_download)
     except ModelNotFound as exc:
         if cfg.reranker != DEFAULT_RERANKER:
             raise  # a model the user named must load
@@ -76,8 +81,8 @@ async def load_models(rt: Runtime) -> None:
                                "the Hugging Face cache.")
         log.warning("=" * 72 + "\nRECALL-ONLY MODE: %s\n%s\n" + "=" * 72, rt.reranker_missing, exc)
         return
-    rt.rerankers[rr.name] = Batcher("reranker", rr, cfg.rerank_limits,
-                                    metrics.BatcherMetrics("reranker", cfg.queue_capacity))
+    rt.rerankers[rr.name] = Batcher("reranker", rr, cfg.rerank_limits(rr.device.type),
+                                    metrics.BatcherMetrics("reranker", cfg.queue_capacity), executor=pool)
 
 
 class TandemServer:

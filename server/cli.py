@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from server import config
 
@@ -56,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ingest.add_parser(sub)
     evaluate.add_parser(sub)
-    try:
-        from benchmarks import run as bench  # noqa: F401  (present in a source checkout)
+    # `bench` lives in the source checkout (benchmarks/, tests/), not in the installed package; an editable
+    # install finds it beside server/.
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "benchmarks" / "run.py").exists():
+        if str(checkout) not in sys.path:
+            sys.path.append(str(checkout))
+        from benchmarks import run as bench
 
         bench.add_parser(sub)
-    except ImportError:
-        pass
 
     args = p.parse_args(argv)
     return args.fn(args)

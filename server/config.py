@@ -36,12 +36,13 @@ class Config:
     milvus_token: str = _f("", "Milvus token (user:password or API key)", secret=True)
     # reranker batching
     max_batch_pairs: int = _f(32, "pairs per reranker batch")
-    max_batch_tokens: int = _f(16384, "padded tokens per reranker batch (longest pair x pairs)")
+    max_batch_tokens: int = _f(0, "padded tokens per reranker batch (longest pair x pairs); "
+                                  "0 = auto: 1024 on CPU, 16384 on GPU")
     max_wait_ms: float = _f(0.0, "when the model is idle, wait up to this long for a batch to fill")
     queue_capacity: int = _f(4096, "pairs the reranker queue holds before refusing with RESOURCE_EXHAUSTED")
     # embedder batching
     embed_max_batch: int = _f(64, "texts per embedder batch")
-    embed_max_batch_tokens: int = _f(16384, "padded tokens per embedder batch")
+    embed_max_batch_tokens: int = _f(0, "padded tokens per embedder batch; 0 = auto: 1024 on CPU, 16384 on GPU")
     embed_queue_capacity: int = _f(16384, "texts the embedder queue holds")
     # recall batching
     recall_max_batch: int = _f(64, "query vectors per Milvus search call")
@@ -65,13 +66,13 @@ class Config:
     auth_exempt_health: bool = _f(True, "health and reflection stay reachable without a token")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
 
-    @property
-    def rerank_limits(self) -> BatchLimits:
-        return BatchLimits(self.max_batch_pairs, self.max_batch_tokens, self.max_wait_ms, self.queue_capacity)
+    def rerank_limits(self, device: str = "cpu") -> BatchLimits:
+        return BatchLimits(self.max_batch_pairs, batch_tokens(self.max_batch_tokens, device), self.max_wait_ms,
+                           self.queue_capacity)
 
-    @property
-    def embed_limits(self) -> BatchLimits:
-        return BatchLimits(self.embed_max_batch, self.embed_max_batch_tokens, self.max_wait_ms, self.embed_queue_capacity)
+    def embed_limits(self, device: str = "cpu") -> BatchLimits:
+        return BatchLimits(self.embed_max_batch, batch_tokens(self.embed_max_batch_tokens, device),
+                           self.max_wait_ms, self.embed_queue_capacity)
 
     @property
     def recall_limits(self) -> BatchLimits:
@@ -82,6 +83,8 @@ class Config:
         return self.reranker.lower() not in ("", "none")
 
     def validate(self) -> None:
+        if self.max_batch_tokens < 0 or self.embed_max_batch_tokens < 0:
+            raise ValueError("max_batch_tokens and embed_max_batch_tokens must be 0 (auto) or positive")
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
                     "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
                     "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests"]
@@ -92,6 +95,19 @@ class Config:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+
+
+# On a CPU, a forward pass gets slower *per pair* once a batch holds more than ~1k padded tokens (attention
+# and activations fall out of cache): MiniLM-L6 on 2 cores scores abstracts at 27 pairs/s in batches of 4 and
+# 18 in batches of 32. A GPU wants large batches. See docs/benchmarks.md.
+AUTO_BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
+
+
+def batch_tokens(value: int, device: str) -> int:
+    """The padded-token budget for a batcher on `device` ("cpu", "cuda", "cuda:1"); 0 means auto."""
+    if value:
+        return value
+    return AUTO_BATCH_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 def _parse_bool(v: str) -> bool:

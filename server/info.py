@@ -33,13 +33,14 @@ class InfoService(info_pb2_grpc.InfoServiceServicer):
     async def Info(self, request, context) -> info_pb2.InfoResponse:
         c = self.rt.config
         store = self.rt.store
+        batcher = next(iter(self.rt.rerankers.values()), None)  # the effective limits, after "auto"
         return info_pb2.InfoResponse(
             version=_version(),
             models=model_infos(self.rt),
             limits=info_pb2.Limits(
                 max_documents_per_request=c.max_documents_per_request,
-                max_batch_size=c.max_batch_pairs,
-                max_batch_tokens=c.max_batch_tokens,
+                max_batch_size=batcher.limits.max_batch_size if batcher else c.max_batch_pairs,
+                max_batch_tokens=batcher.limits.max_batch_tokens if batcher else 0,
                 queue_capacity=c.queue_capacity,
                 max_concurrent_requests=c.max_concurrent_requests,
                 max_text_bytes=c.max_text_bytes,

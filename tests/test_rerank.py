@@ -82,7 +82,7 @@ def test_info(stubs, tiny_ce):
     assert kinds["embedder"].dimension == 384 and kinds["embedder"].source.startswith("package:")
     assert info.limits.max_documents_per_request == 256
     assert info.limits.queue_capacity == 512
-    assert info.limits.max_batch_size == 32 and info.limits.max_batch_tokens == 16384
+    assert info.limits.max_batch_size == 32 and info.limits.max_batch_tokens == 1024  # auto on CPU
     assert info.limits.max_concurrent_requests == 512
     assert info.default_reranker == tiny_ce and info.storage == "milvus-lite"
 

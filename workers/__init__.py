@@ -1,7 +1,8 @@
 """Async model workers: a bounded queue, a dynamic batching loop, and the backends it feeds.
 
 - `queue`: the FIFO and the rule that cuts a batch from it (asyncio side, no threads).
-- `batcher`: the loop that owns the queue and runs batches on a dedicated thread.
+- `batcher`: the loop that owns the queue and runs batches on a compute thread.
+- `compute`: one compute thread per device, shared by the models on it.
 - `backends`: the model code that runs on that thread (cross-encoder, bi-encoder).
 """
 

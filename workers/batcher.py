@@ -2,9 +2,10 @@
 
 Asyncio side: requests enqueue items with futures and await them; one loop task
 cuts a batch whenever the model is free. Thread side: the backend's `measure`
-(tokenisation) and `run` (the model) each get one dedicated thread, so the event
-loop keeps accepting and cancelling while a batch computes, and the cores are
-never oversubscribed by parallel model calls.
+(tokenisation) gets a dedicated thread and `run` (the model) goes to the compute
+thread of the model's device (workers/compute.py), shared with the other models
+there, so the event loop keeps accepting and cancelling while a batch computes,
+and the cores are never oversubscribed by parallel model calls.
 
 No time is spent waiting while the model is busy: whatever queued meanwhile is
 the next batch. `max_wait_ms` applies only when the model sits idle, to let a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Hashable, Protocol, Sequence
 
@@ -99,7 +100,7 @@ class _Done:
 
 class Batcher:
     def __init__(self, name: str, backend: Backend, limits: BatchLimits, observer: Observer | None = None,
-                 passthrough: tuple[type[Exception], ...] = ()):
+                 passthrough: tuple[type[Exception], ...] = (), executor: Executor | None = None):
         self.name = name
         # Backend exceptions that already say what went wrong (e.g. "store unreachable")
         # reach the caller as they are; any other failure becomes a BackendError.
@@ -109,7 +110,10 @@ class Batcher:
         self.observer = observer or _NullObserver()
         self.queue = BatchQueue(name, limits.queue_capacity, limits.max_batch_size, limits.max_batch_tokens)
         self._measure_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-measure")
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
+        # Model calls run on `executor` (a device's shared compute thread) or, without one, a thread of our own.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
+        self._running: Future | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -136,12 +140,18 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        _, leftover = self.queue.cut(float("inf"))
-        for e in leftover:
-            if not e.future.done():
-                e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
+        while len(self.queue):  # fail everything still queued, batch by batch (with or without a deadline)
+            batch, expired = self.queue.cut(float("inf"))
+            if not batch and not expired:
+                break
+            for e in batch + expired:
+                if not e.future.done():
+                    e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
         self._measure_pool.shutdown(wait=False, cancel_futures=True)
-        self._model_pool.shutdown(wait=True)
+        if self._running is not None:  # a batch still on the compute thread: let it finish before we return
+            await asyncio.wait([asyncio.wrap_future(self._running)])
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     # -- request side ----------------------------------------------------------
 
@@ -247,11 +257,27 @@ class Batcher:
         self.observer.dequeued(waits)
         padded = max(e.cost for e in batch) * len(batch)
         self._busy = True
-        t0 = time.perf_counter()
+        # Timed on the compute thread: a shared thread may first finish another model's batch.
+        timing = {"seconds": 0.0}
+
+        def run(payloads):
+            t0 = time.perf_counter()
+            try:
+                return self.backend.run(payloads)
+            finally:
+                timing["seconds"] = time.perf_counter() - t0
+
         try:
-            results = await loop.run_in_executor(self._model_pool, self.backend.run, [e.payload for e in batch])
+            self._running = self._executor.submit(run, [e.payload for e in batch])
+            # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.
+            results = await asyncio.shield(asyncio.wrap_future(self._running))
             if len(results) != len(batch):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
+        except asyncio.CancelledError:
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
+            raise
         except Exception as exc:  # the batch fails; the worker lives on
             log.exception("%s batch of %d failed", self.name, len(batch))
             err = exc if isinstance(exc, self.passthrough) else BackendError(
@@ -262,7 +288,9 @@ class Batcher:
             return
         finally:
             self._busy = False
-            seconds = time.perf_counter() - t0
+            if self._running is not None and self._running.done():
+                self._running = None
+            seconds = timing["seconds"]
             self.observer.batch(len(batch), padded, seconds)
         for e, r, w in zip(batch, results, waits):
             if not e.future.done():
