@@ -20,9 +20,11 @@ server; one served call then one raw call), and ratios are medians of those pair
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import statistics
+from collections import Counter
 import subprocess
 import sys
 import tempfile
@@ -75,7 +77,7 @@ class Bench:
         self.seconds = 8 if quick else 12
         self.repeats = 2 if quick else 3
         self.report: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
-                                         "cores": __import__("os").cpu_count(), "python": platform.python_version()},
+                                         "cores": os.cpu_count(), "python": platform.python_version()},
                              "scenarios": {}}
         self._ce = None
 
@@ -85,14 +87,23 @@ class Bench:
             import torch
             from sentence_transformers import CrossEncoder
 
-            torch.set_num_threads(__import__("os").cpu_count())
+            torch.set_num_threads(os.cpu_count())
             self._ce = CrossEncoder(self.ce_path, device="cpu")
         return self._ce
 
-    def server(self, name, *args) -> ServerProcess:
+    def server(self, name, *args, milvus_uri: str = "") -> ServerProcess:
+        """A server in its own directory; later flags override the defaults given here."""
         d = self.tmp / name
-        return ServerProcess(d, "--reranker", self.ce_path, "--milvus-uri", str(d / "m.db"), *args,
+        return ServerProcess(d, "--reranker", self.ce_path, "--milvus-uri", milvus_uri or str(d / "m.db"), *args,
                              env={"TANDEM_LOG_LEVEL": "WARNING"}).start()
+
+    def turns(self, servers: dict, window) -> dict[str, list]:
+        """`window(server)` on each server in turn, `repeats` rounds; drift then hits every server alike."""
+        out: dict[str, list] = {label: [] for label in servers}
+        for _ in range(self.repeats):
+            for label, srv in servers.items():
+                out[label].append(window(srv))
+        return out
 
     def load(self, target, rpc, requests, concurrency, seconds=None) -> dict:
         """One measured window from the separate load-generator process."""
@@ -103,19 +114,20 @@ class Bench:
                              cwd=REPO, capture_output=True, text=True, check=True).stdout
         return json.loads(out)
 
-    def raw_rate(self, pairs, batch_size) -> float:
-        ce = self.ce()
+    @staticmethod
+    def raw_rate(fn, items, batch_size) -> float:
+        """Items/s of one raw model call (`predict` or `encode`) over all of `items`."""
         t = time.perf_counter()
-        ce.predict(pairs, batch_size=batch_size)
-        return len(pairs) / (time.perf_counter() - t)
+        fn(items, batch_size=batch_size)
+        return len(items) / (time.perf_counter() - t)
 
-    def raw_throughput(self, pairs, batch_sizes=(1, 4, 8, 16, 32)) -> dict:
-        """Median pairs/s per batch size, the sizes taken round-robin so drift hits them alike."""
-        self.ce().predict(pairs[:32], batch_size=32)
+    def raw_sweep(self, fn, items, batch_sizes) -> dict:
+        """Median items/s per batch size, the sizes taken round-robin so drift hits them alike."""
+        fn(items[:32], batch_size=32)  # warm-up
         rates: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
         for _ in range(self.repeats):
             for bs in batch_sizes:
-                rates[bs].append(self.raw_rate(pairs, bs))
+                rates[bs].append(self.raw_rate(fn, items, bs))
         return {bs: statistics.median(v) for bs, v in rates.items()}
 
     def rerank_requests(self, n, docs_range, texts, seed=0):
@@ -128,15 +140,16 @@ class Bench:
         passages = [_passage(r["text"]) for r in self.rows]
         reqs = self.rerank_requests(64, (20, 50), passages)
         pairs = [(r["query"], d) for r in reqs[:8] for d in r["documents"]][:240]
-        raw = self.raw_throughput(pairs)
+        predict = self.ce().predict
+        raw = self.raw_sweep(predict, pairs, (1, 4, 8, 16, 32))
         best_bs = max(raw, key=raw.get)
         srv = self.server("s1")
         rows = []
         try:
             for c in (1, 4, 16, 64):
-                served, base, lat, errors = [], [], [], {}
+                served, base, lat, errors = [], [], [], Counter()
                 for _ in range(self.repeats):
-                    base.append(self.raw_rate(pairs, best_bs))  # the baseline, right before this window
+                    base.append(self.raw_rate(predict, pairs, best_bs))  # the baseline, right before this window
                     r = self.load(srv.target, "rerank", reqs, c)
                     served.append(r["items"] / r["seconds"])
                     lat += r["latencies"]
@@ -144,7 +157,7 @@ class Bench:
                 rows.append({"clients": c, "served_pairs_per_s": statistics.median(served),
                              "raw_best_pairs_per_s": statistics.median(base),
                              "ratio": statistics.median(s_ / b for s_, b in zip(served, base)),
-                             "p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99), "errors": errors})
+                             "p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99), "errors": dict(errors)})
             metrics = srv.metrics_text()
         finally:
             srv.terminate()
@@ -167,17 +180,13 @@ class Bench:
         try:
             for wl, reqs in workloads.items():
                 for c in (16, 64):
-                    rates = {label: [] for label in servers}
-                    lat = {label: [] for label in servers}
-                    for _ in range(self.repeats):
-                        for label, srv in servers.items():
-                            r = self.load(srv.target, "rerank", reqs, c)
-                            rates[label].append(r["items"] / r["seconds"])
-                            lat[label] += r["latencies"]
-                    for label in servers:
+                    runs = self.turns(servers, lambda srv: self.load(srv.target, "rerank", reqs, c))
+                    rates = {label: [r["items"] / r["seconds"] for r in rs] for label, rs in runs.items()}
+                    for label, rs in runs.items():
+                        lat = [x for r in rs for x in r["latencies"]]
                         rows.append({"server": label, "workload": wl, "clients": c,
                                      "pairs_per_s": statistics.median(rates[label]),
-                                     "p50_s": _pct(lat[label], 50), "p99_s": _pct(lat[label], 99)})
+                                     "p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99)})
                     gains.append({"workload": wl, "clients": c, "gain": statistics.median(
                         d / o for d, o in zip(rates["dynamic batching"], rates["max batch 1"]))})
         finally:
@@ -238,46 +247,37 @@ class Bench:
         for label, extra in (("recall batching off", ("--recall-max-batch", "1")), ("recall batching on", ())):
             copy = db.parent / (label.replace(" ", "-") + ".db")
             shutil.copytree(db, copy)
-            servers[label] = ServerProcess(self.tmp / "s4", "--reranker", "none", "--milvus-uri", str(copy), *extra,
-                                           env={"TANDEM_LOG_LEVEL": "WARNING"},
-                                           log_name=f"{label.replace(' ', '-')}.log").start()
+            servers[label] = self.server("s4-" + label.replace(" ", "-"), "--reranker", "none", *extra,
+                                         milvus_uri=str(copy))
 
         def milvus(srv):  # cumulative Milvus search calls, queries and seconds, from the server's own metrics
             m = srv.metrics_text()
-            return (value(m, "tandem_batch_compute_seconds_count", worker="recall"),
-                    value(m, "tandem_batch_size_sum", worker="recall"),
-                    value(m, "tandem_batch_compute_seconds_sum", worker="recall"))
+            return [value(m, f"tandem_batch_{k}", worker="recall")
+                    for k in ("compute_seconds_count", "size_sum", "compute_seconds_sum")]
+
+        def window(srv, clients):  # one load window, with the Milvus work it caused
+            before = milvus(srv)
+            r = self.load(srv.target, "search", reqs, clients)
+            r["milvus"] = [a - b for a, b in zip(milvus(srv), before)]
+            return r
 
         rows, cost = [], {}
         try:
             for c in (1, 16):
-                acc = {label: {"qps": [], "lat": [], "embed": [], "recall": [], "calls": 0.0, "queries": 0.0,
-                               "seconds": 0.0, "errors": {}} for label in servers}
-                for _ in range(self.repeats):
-                    for label, srv in servers.items():
-                        before = milvus(srv)
-                        r = self.load(srv.target, "search", reqs, c)
-                        after = milvus(srv)
-                        a = acc[label]
-                        a["qps"].append(r["requests"] / r["seconds"])
-                        a["lat"] += r["latencies"]
-                        a["embed"] += r["stages"]["embed"]
-                        a["recall"] += r["stages"]["recall"]
-                        a["errors"].update(r["errors"])
-                        for k, i in (("calls", 0), ("queries", 1), ("seconds", 2)):
-                            a[k] += after[i] - before[i]
-                for label, a in acc.items():
-                    rows.append({"recall": label, "clients": c, "qps": statistics.median(a["qps"]),
-                                 "p50_s": _pct(a["lat"], 50), "p99_s": _pct(a["lat"], 99),
-                                 "embed_p50_s": _pct(a["embed"], 50), "recall_p50_s": _pct(a["recall"], 50),
-                                 "milvus_calls": a["calls"], "queries": a["queries"],
-                                 "mean_queries_per_call": a["queries"] / max(a["calls"], 1),
-                                 "milvus_seconds_per_query": a["seconds"] / max(a["queries"], 1),
-                                 "errors": a["errors"]})
-                cost[c] = (next(r for r in rows if r["clients"] == c and r["recall"] == "recall batching off")
-                           ["milvus_seconds_per_query"] /
-                           next(r for r in rows if r["clients"] == c and r["recall"] == "recall batching on")
-                           ["milvus_seconds_per_query"])
+                for label, rs in self.turns(servers, lambda srv: window(srv, c)).items():
+                    calls, queries, seconds = (sum(r["milvus"][i] for r in rs) for i in range(3))
+                    lat = [x for r in rs for x in r["latencies"]]
+                    rows.append({"recall": label, "clients": c,
+                                 "qps": statistics.median(r["requests"] / r["seconds"] for r in rs),
+                                 "p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99),
+                                 "embed_p50_s": _pct([x for r in rs for x in r["stages"]["embed"]], 50),
+                                 "recall_p50_s": _pct([x for r in rs for x in r["stages"]["recall"]], 50),
+                                 "milvus_calls": calls, "queries": queries,
+                                 "mean_queries_per_call": queries / max(calls, 1),
+                                 "milvus_seconds_per_query": seconds / max(queries, 1),
+                                 "errors": dict(sum((Counter(r["errors"]) for r in rs), Counter()))})
+                per_query = {r["recall"]: r["milvus_seconds_per_query"] for r in rows if r["clients"] == c}
+                cost[c] = per_query["recall batching off"] / per_query["recall batching on"]
         finally:
             for srv in servers.values():
                 srv.terminate()
@@ -292,32 +292,23 @@ class Bench:
 
         docs = [to_document(r) for r in self.rows[:n]]
         texts = [d.text for d in docs]
-        st = SentenceTransformer(bundled_encoder(), device="cpu")
-        st.encode(texts[:64], batch_size=64)
-        # The baseline is encode at its best batch size on this machine, picked round-robin like scenario 1.
-        sizes = (8, 16, 32, 64)
-        by_bs: dict[int, list[float]] = {bs: [] for bs in sizes}
-        for _ in range(self.repeats):
-            for bs in sizes:
-                t = time.perf_counter()
-                st.encode(texts, batch_size=bs)
-                by_bs[bs].append(n / (time.perf_counter() - t))
-        best_bs = max(sizes, key=lambda bs: statistics.median(by_bs[bs]))
+        encode = SentenceTransformer(bundled_encoder(), device="cpu").encode
+        # The baseline is encode at its best batch size on this machine, picked like scenario 1's predict.
+        by_bs = self.raw_sweep(encode, texts, (8, 16, 32, 64))
+        best_bs = max(by_bs, key=by_bs.get)
         corpus = self.tmp / "ingest.jsonl"
         corpus.write_text("\n".join(json.dumps(r) for r in self.rows[:n]))
         srv = self.server("s5", "--reranker", "none")
         raws, served = [], []
         try:
             for i in range(self.repeats):
-                t = time.perf_counter()
-                st.encode(texts, batch_size=best_bs)
-                raws.append(n / (time.perf_counter() - t))
+                raws.append(self.raw_rate(encode, texts, best_bs))
                 served.append(ingest(srv.target, f"ingest_{i}", corpus, progress=False)["docs_per_second"])
         finally:
             srv.terminate()
         self.report["scenarios"]["5_ingest"] = {
             "documents": n, "raw_best_batch": best_bs,
-            "raw_docs_per_s_by_batch": {bs: statistics.median(v) for bs, v in by_bs.items()},
+            "raw_docs_per_s_by_batch": by_bs,
             "raw_encode_docs_per_s": statistics.median(raws),
             "served_upsertstream_docs_per_s": statistics.median(served),
             "ratio": statistics.median(s_ / r for s_, r in zip(served, raws))}

@@ -92,10 +92,10 @@ async def soak(target: str, seconds: float, concurrency: int, pid: int | None) -
         await asyncio.gather(sampler(), *(client() for _ in range(concurrency)))
     per_minute = [{"minute": m, "requests": len(v), "p50_ms": float(np.percentile(v, 50)) * 1000,
                    "p99_ms": float(np.percentile(v, 99)) * 1000} for m, v in sorted(minute_lat.items())]
-    warm = next((r for t, r in rss if t >= 60), rss[-1][1] if rss else float("nan"))
+    after = [(t, r) for t, r in rss if t >= 60]  # after a minute of warm-up
+    warm = after[0][1] if after else (rss[-1][1] if rss else float("nan"))
     # RSS swings by a few hundred MB with batch activations, so end/start alone is noisy: compare the mean of
     # the two halves after warm-up and fit a slope as well.
-    after = [(t, r) for t, r in rss if t >= 60]
     trend = {}
     if len(after) >= 4:
         h = len(after) // 2

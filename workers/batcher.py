@@ -113,11 +113,10 @@ class Batcher:
         # Model calls run on `executor` (a device's shared compute thread) or, without one, a thread of our own.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
-        self._running: Future | None = None
+        self._running: Future | None = None  # the batch on the compute thread, if any
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
-        self._busy = False
         self._batches = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -131,7 +130,7 @@ class Batcher:
         """Refuse new work, finish what is queued (up to drain_seconds), then stop."""
         self._accepting = False
         deadline = time.monotonic() + drain_seconds
-        while (len(self.queue) or self._busy) and time.monotonic() < deadline:
+        while (len(self.queue) or self._running) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -140,13 +139,9 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while len(self.queue):  # fail everything still queued, batch by batch (with or without a deadline)
-            batch, expired = self.queue.cut(float("inf"))
-            if not batch and not expired:
-                break
-            for e in batch + expired:
-                if not e.future.done():
-                    e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
+        for e in self.queue.drain():
+            if not e.future.done():
+                e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
         self._measure_pool.shutdown(wait=False, cancel_futures=True)
         if self._running is not None:  # a batch still on the compute thread: let it finish before we return
             await asyncio.wait([asyncio.wrap_future(self._running)])
@@ -248,29 +243,25 @@ class Batcher:
             self.observer.queue_depth(len(self.queue))
             if not batch:
                 continue
-            await self._run_batch(loop, batch, now)
+            await self._run_batch(batch, now)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[Entry], now: float) -> None:
+    def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
+        """Compute-thread side. Timed here, because a shared thread may first finish another model's batch."""
+        t0 = time.perf_counter()
+        return self.backend.run(payloads), time.perf_counter() - t0
+
+    async def _run_batch(self, batch: list[Entry], now: float) -> None:
         self._batches += 1
         batch_id = self._batches
         waits = [now - e.enqueued for e in batch]
         self.observer.dequeued(waits)
         padded = max(e.cost for e in batch) * len(batch)
-        self._busy = True
-        # Timed on the compute thread: a shared thread may first finish another model's batch.
-        timing = {"seconds": 0.0}
-
-        def run(payloads):
-            t0 = time.perf_counter()
-            try:
-                return self.backend.run(payloads)
-            finally:
-                timing["seconds"] = time.perf_counter() - t0
-
+        t0 = time.perf_counter()
+        seconds = 0.0
         try:
-            self._running = self._executor.submit(run, [e.payload for e in batch])
+            self._running = self._executor.submit(self._timed_run, [e.payload for e in batch])
             # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.
-            results = await asyncio.shield(asyncio.wrap_future(self._running))
+            results, seconds = await asyncio.shield(asyncio.wrap_future(self._running))
             if len(results) != len(batch):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
         except asyncio.CancelledError:
@@ -279,6 +270,7 @@ class Batcher:
                     e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
             raise
         except Exception as exc:  # the batch fails; the worker lives on
+            seconds = time.perf_counter() - t0
             log.exception("%s batch of %d failed", self.name, len(batch))
             err = exc if isinstance(exc, self.passthrough) else BackendError(
                 f"{self.name} failed on this batch: {type(exc).__name__}: {exc}")
@@ -287,10 +279,8 @@ class Batcher:
                     e.future.set_exception(err)
             return
         finally:
-            self._busy = False
             if self._running is not None and self._running.done():
-                self._running = None
-            seconds = timing["seconds"]
+                self._running = None  # a cancelled loop leaves it set: stop() waits for it
             self.observer.batch(len(batch), padded, seconds)
         for e, r, w in zip(batch, results, waits):
             if not e.future.done():

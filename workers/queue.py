@@ -91,6 +91,14 @@ class BatchQueue:
             self._entries = deque(e for e in self._entries if e.queued)
         return batch, expired
 
+    def drain(self) -> list[Entry]:
+        """Remove and return every entry still waiting, with or without a deadline (for shutdown)."""
+        out = [e for e in self._entries if e.queued]
+        for e in out:
+            self._release(e)
+        self._entries.clear()
+        return out
+
     def _choose(self, window: list[Entry]) -> list[Entry]:
         """Grow a batch around the oldest entry, taking the nearest lengths first."""
         head = window[0]
