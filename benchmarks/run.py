@@ -7,7 +7,8 @@ Scenarios (each measured after warm-up; the load generator is a separate process
   3. latency at low load: one client, 1 and 20 documents, against raw predict of the same input;
   4. Search on a 100k-document collection (synthetic vectors, real query text): p50/p99 and stage split at
      1 and 16 clients, per-query recall cost with recall batching on and off;
-  5. ingest: UpsertStream docs/s against raw bi-encoder encode docs/s.
+  5. ingest: UpsertStream docs/s against raw bi-encoder encode docs/s;
+  6-8. the store: write path, scaling to 300k documents, isolation under search load (benchmarks/store.py).
 
 The reranker is a MiniLM-L6-shaped cross-encoder built from the bundled encoder with a seeded head
 (the size of cross-encoder/ms-marco-MiniLM-L6-v2). Its scores mean nothing; its compute cost is real.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import store as store_scenarios
 from tests.checkpoints import bundled_encoder, minilm_cross_encoder
 from tests.serverproc import REPO, ServerProcess
 
@@ -237,7 +239,7 @@ class Bench:
 
         db = self.tmp / "s4" / "big.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        # Built in a child process: Milvus Lite holds its data-dir lock until the process exits. Each server
+        # Built in a child process: Milvus Lite holds its file lock until the process exits. Each server
         # gets its own copy, so both stay up and take turns window by window.
         subprocess.run([sys.executable, "-c", f"from benchmarks.run import build_collection; "
                         f"build_collection({str(db)!r}, {n_docs})"], cwd=REPO, check=True)
@@ -246,7 +248,7 @@ class Bench:
         servers = {}
         for label, extra in (("recall batching off", ("--recall-max-batch", "1")), ("recall batching on", ())):
             copy = db.parent / (label.replace(" ", "-") + ".db")
-            shutil.copytree(db, copy)
+            (shutil.copytree if db.is_dir() else shutil.copy)(db, copy)  # milvus-lite 3: a folder; 2.5: a file
             servers[label] = self.server("s4-" + label.replace(" ", "-"), "--reranker", "none", *extra,
                                          milvus_uri=str(copy))
 
@@ -313,8 +315,18 @@ class Bench:
             "served_upsertstream_docs_per_s": statistics.median(served),
             "ratio": statistics.median(s_ / r for s_, r in zip(served, raws))}
 
+    def s6_write_path(self):
+        store_scenarios.s6_write_path(self)
+
+    def s7_scaling(self):
+        store_scenarios.s7_scaling(self)
+
+    def s8_isolation(self):
+        store_scenarios.s8_isolation(self)
+
     def run(self, only: list[str]):
-        for name in ("s1_throughput", "s2_batching_gain", "s3_latency", "s4_search", "s5_ingest"):
+        for name in ("s1_throughput", "s2_batching_gain", "s3_latency", "s4_search", "s5_ingest", "s6_write_path",
+                     "s7_scaling", "s8_isolation"):
             if not only or name.split("_")[0] in only:
                 t = time.perf_counter()
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -379,6 +391,7 @@ def table(rep: dict) -> str:
                 f"**{x['ratio']:.2f}** |", "",
                 "Raw encode docs/s by batch size: " +
                 ", ".join(f"{k}: {v:.1f}" for k, v in x["raw_docs_per_s_by_batch"].items()), ""]
+    out += store_scenarios.table(s)
     return "\n".join(out)
 
 

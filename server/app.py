@@ -22,6 +22,7 @@ from server.interceptors import ServerInterceptor
 from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device
 from server.rerank import RerankService
 from server.runtime import Runtime
+from server.sealer import Sealer
 from server.search import SearchService
 from server.storage import Store
 from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
@@ -101,6 +102,9 @@ class TandemServer:
         cfg, rt = self.cfg, self.rt
         await load_models(rt)
         rt.store = Store(cfg.milvus_uri, cfg.milvus_token)
+        if rt.store.embedded and cfg.seal_quiet_seconds > 0:
+            rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
+            rt.sealer.start()
         rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
                             metrics.BatcherMetrics("recall", cfg.recall_queue_capacity), passthrough=(ServiceError,))
         for b in rt.batchers():
@@ -176,6 +180,8 @@ class TandemServer:
             await self.server.stop(grace)
         for b in self.rt.batchers():
             await b.stop(drain_seconds=0)
+        if self.rt.sealer is not None:
+            await self.rt.sealer.stop()
         if self.rt.store is not None:
             await asyncio.to_thread(self.rt.store.close)
         if self._metrics_http is not None:

@@ -34,6 +34,9 @@ class Config:
     # storage
     milvus_uri: str = _f("./data/tandem.db", "Milvus Lite path, or http://host:19530 for Milvus Standalone/Distributed")
     milvus_token: str = _f("", "Milvus token (user:password or API key)", secret=True)
+    seal_quiet_seconds: float = _f(1.0, "embedded Milvus: seal a collection once its writes have been quiet this "
+                                        "long (0 = never; a Milvus server seals by itself)")
+    seal_max_rows: int = _f(10000, "embedded Milvus: seal at once when this many written rows are unsealed")
     # reranker batching
     max_batch_pairs: int = _f(32, "pairs per reranker batch")
     max_batch_tokens: int = _f(0, "padded tokens per reranker batch (longest pair x pairs); "
@@ -87,10 +90,13 @@ class Config:
             raise ValueError("max_batch_tokens and embed_max_batch_tokens must be 0 (auto) or positive")
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
                     "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
-                    "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests"]
+                    "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests",
+                    "seal_max_rows"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.seal_quiet_seconds < 0:
+            raise ValueError("seal_quiet_seconds must be 0 (never) or positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:

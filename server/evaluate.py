@@ -84,7 +84,7 @@ def baseline_run(folder: Path, queries: dict[str, str], embedder: str, depth: in
 
 def evaluate(target: str, folder: Path, *, collection: str = "", baseline: bool = False,
              modes=("dense", "hybrid", "sparse"), token: str = "", tls: bool = False, tls_ca: str = "",
-             concurrency: int = 16, progress: bool = True) -> dict:
+             concurrency: int = 16, progress: bool = True, language: str = "", rerank: bool = True) -> dict:
     collection = collection or "eval_" + "".join(ch if ch.isalnum() else "_" for ch in folder.name)
     queries, qrels = load_queries(folder)
     with channel(target, tls=tls, tls_ca=tls_ca, token=token) as ch:
@@ -101,10 +101,10 @@ def evaluate(target: str, folder: Path, *, collection: str = "", baseline: bool 
         ingest_report = None
         if rows != n_docs:
             ingest_report = ingest(target, collection, folder / "corpus.jsonl", token=token, tls=tls,
-                                   tls_ca=tls_ca, progress=progress)
+                                   tls_ca=tls_ca, progress=progress, language=language)
         stub = search_pb2_grpc.SearchServiceStub(ch)
         results = []
-        rerank_options = [False, True] if info.default_reranker else [False]
+        rerank_options = [False, True] if info.default_reranker and rerank else [False]
         for mode in modes:
             for rerank in rerank_options:
                 t0 = time.perf_counter()
@@ -133,13 +133,15 @@ def add_parser(sub) -> None:
     p.add_argument("--modes", default="dense,hybrid,sparse")
     p.add_argument("--baseline", action="store_true", help="also run the embedder in-process (exact search)")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--language", default="", help="BM25 analyzer when the collection is created (default english)")
+    p.add_argument("--no-rerank", action="store_true", help="recall runs only")
     p.add_argument("--json", default="", help="also write the report here")
     add_client_flags(p)
 
     def run(args) -> int:
         report = evaluate(args.target, Path(args.dataset), collection=args.collection, baseline=args.baseline,
                           modes=tuple(args.modes.split(",")), token=args.token, tls=args.tls, tls_ca=args.tls_ca,
-                          concurrency=args.concurrency)
+                          concurrency=args.concurrency, language=args.language, rerank=not args.no_rerank)
         print(table(report))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))

@@ -5,6 +5,12 @@ strict identifier grammar and only ever address keys inside the `metadata` JSON
 field; literals are typed and escaped here. So a filter can narrow results
 within its collection, but cannot name other fields, call functions, or widen
 a query. Limits keep compiled expressions small.
+
+Expressions never use `not`: milvus-lite 2.5's segcore rejects it ("unsupported expr proto node"), and
+has no null test on JSON paths. Negation (`none`) is pushed down to the conditions instead, and what
+only `not` could say ("the key is absent", "the value is not a number") is asked of the `present` field,
+which records each metadata key path's type (server/storage.py). Collections made before that field
+existed (v0.1, on a Milvus server) keep the `not` forms, which servers accept.
 """
 
 from __future__ import annotations
@@ -57,36 +63,69 @@ def _literal(v, where: str) -> str:
     raise invalid(f"{where}: value must be a string, number or bool (got {kind or 'nothing'})")
 
 
-def _condition(c: filter_pb2.Condition, where: str) -> str:
+_NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+TYPES = ("string", "number", "bool", "list", "object")
+
+
+def _type(v) -> str:
+    return {"string_value": "string", "number_value": "number", "bool_value": "bool"}[v.WhichOneof("kind")]
+
+
+def _present(field: str, types) -> str:
+    return f"present[{json.dumps(field)}] in [{', '.join(json.dumps(t) for t in types)}]"
+
+
+def _absent(field: str, types) -> str:
+    return f"present[{json.dumps(field)}] not in [{', '.join(json.dumps(t) for t in types)}]"
+
+
+def _condition(c: filter_pb2.Condition, where: str, negate: bool = False, presence: bool = True) -> str:
+    """The condition, or its negation, as an expression without `not` (with `presence`)."""
+    if negate and not presence:
+        return f"not ({_condition(c, where)})"
     path = _path(c.field, where)
     if c.op in _CMP:
         if c.value.WhichOneof("kind") == "list_value":
             raise invalid(f"{where}: {Op.Name(c.op)} takes a single value; use OPERATOR_IN for a list")
-        return f"{path} {_CMP[c.op]} {_literal(c.value, where + '.value')}"
+        op, lit = _CMP[c.op], _literal(c.value, where + ".value")
+        if not negate:
+            return f"{path} {op} {lit}"
+        if op in ("==", "!="):  # `!=` also holds where the key is absent or of another type
+            return f"{path} {_NEGATED[op]} {lit}"
+        # not (x < 3): x >= 3, or x is absent or not a number.
+        return f"({path} {_NEGATED[op]} {lit} or {_absent(c.field, [_type(c.value)])})"
     if c.op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN):
         if c.value.WhichOneof("kind") != "list_value" or not c.value.list_value.values:
             raise invalid(f"{where}: {Op.Name(c.op)} needs a non-empty list value")
         items = c.value.list_value.values
         if len(items) > MAX_LIST:
             raise invalid(f"{where}: list has {len(items)} values; the limit is {MAX_LIST}")
-        # Milvus Lite has no `in` over JSON paths; an OR of equalities means the same everywhere.
-        ors = " or ".join(f"{path} == {_literal(x, f'{where}.value[{i}]')}" for i, x in enumerate(items))
-        return f"not ({ors})" if c.op == Op.OPERATOR_NOT_IN else f"({ors})"
+        # An OR of equalities (or an AND of inequalities) works on every engine, and with mixed-type lists,
+        # where `in [...]` does not.
+        lits = [_literal(x, f"{where}.value[{i}]") for i, x in enumerate(items)]
+        if (c.op == Op.OPERATOR_IN) != negate:
+            return "(" + " or ".join(f"{path} == {x}" for x in lits) + ")"
+        if not presence:
+            return "not (" + " or ".join(f"{path} == {x}" for x in lits) + ")"
+        return "(" + " and ".join(f"{path} != {x}" for x in lits) + ")"
     if c.op == Op.OPERATOR_EXISTS:
-        return f"{path} is not null"
+        if not presence:
+            return f"{path} is not null"
+        return _absent(c.field, TYPES) if negate else _present(c.field, TYPES)
     raise invalid(f"{where}.op: unknown operator {c.op}; use one of {', '.join(Op.keys()[1:])}")
 
 
-def compile_filter(f: filter_pb2.Filter | None) -> str:
-    """'' for no filter; otherwise an expression over `metadata` only."""
+def compile_filter(f: filter_pb2.Filter | None, presence: bool = True) -> str:
+    """'' for no filter; otherwise an expression over `metadata` (and `present`) only."""
     if f is None:
         return ""
     n = len(f.all) + len(f.any) + len(f.none)
     if n > MAX_CONDITIONS:
         raise invalid(f"filter has {n} conditions; the limit is {MAX_CONDITIONS}")
-    parts = [f"({_condition(c, f'filter.all[{i}]')})" for i, c in enumerate(f.all)]
+    parts = [f"({_condition(c, f'filter.all[{i}]', presence=presence)})" for i, c in enumerate(f.all)]
     if f.any:
-        parts.append("(" + " or ".join(f"({_condition(c, f'filter.any[{i}]')})" for i, c in enumerate(f.any)) + ")")
-    if f.none:
-        parts.append("not (" + " or ".join(f"({_condition(c, f'filter.none[{i}]')})" for i, c in enumerate(f.none)) + ")")
+        parts.append("(" + " or ".join(f"({_condition(c, f'filter.any[{i}]', presence=presence)})"
+                                       for i, c in enumerate(f.any)) + ")")
+    # none of them holds = each one's negation holds
+    parts += [f"({_condition(c, f'filter.none[{i}]', True, presence)})" for i, c in enumerate(f.none)]
     return " and ".join(parts)

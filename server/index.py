@@ -10,7 +10,7 @@ from server.errors import invalid
 from server.interceptors import call_timings
 from server.messages import merge_usage, metadata_to_dict, usage
 from server.runtime import Runtime
-from server.storage import INDEX_PARAMS, INDEX_TYPE, MAX_TEXT_CHARS, METRIC
+from server.storage import MAX_TEXT_CHARS, METRIC
 from tandem.v1 import index_pb2, index_pb2_grpc
 from workers import BatchStats
 
@@ -25,13 +25,13 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
     def _info(self, meta, rows: int) -> index_pb2.CollectionInfo:
         return index_pb2.CollectionInfo(
             collection=meta.name, row_count=rows, embedder=meta.embedder, dimension=meta.dimension,
-            index_type=INDEX_TYPE, metric_type=METRIC, index_params={k: str(v) for k, v in INDEX_PARAMS.items()},
+            index_type=meta.index_type, metric_type=METRIC, index_params=meta.index_params, language=meta.language,
         )
 
     async def CreateCollection(self, request, context):
         name = validation.collection(request.collection)
         embedder = self.rt.embedder_batcher(request.embedder).backend
-        meta = await self._store(self.rt.store.create, name, embedder.name, embedder.dimension)
+        meta = await self._store(self.rt.store.create, name, embedder.name, embedder.dimension, request.language)
         return index_pb2.CreateCollectionResponse(info=self._info(meta, 0))
 
     async def DropCollection(self, request, context):
@@ -72,8 +72,14 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
         start = self.rt.clock()
         name, rows, stats = await self._upsert(request.collection, request.documents, context)
         n = await self._store(self.rt.store.upsert, name, rows)
+        self.rt.wrote(name, n)
         call_timings().update(queue_seconds=stats.queue_seconds, inference_seconds=stats.inference_seconds)
         return index_pb2.UpsertResponse(upserted=n, usage=usage(stats, self.rt.clock() - start))
+
+    async def _write(self, name: str, rows: list[dict]) -> int:
+        n = await self._store(self.rt.store.upsert, name, rows)
+        self.rt.wrote(name, n)
+        return n
 
     async def UpsertStream(self, request_iterator, context):
         start = self.rt.clock()
@@ -96,12 +102,10 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
                 stats = merge_usage(stats, s)
                 if pending is not None:
                     total += await pending
-                pending = asyncio.ensure_future(self._store(self.rt.store.upsert, name, rows))
+                pending = asyncio.ensure_future(self._write(name, rows))
             if pending is not None:
                 total += await pending
                 pending = None
-            if collection and total:
-                await self._store(self.rt.store.flush, collection)
         finally:
             if pending is not None:
                 # Let an in-progress write finish rather than abandoning it half-way.
@@ -118,6 +122,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
         ids = [validation.doc_id(x, f"ids[{i}]") for i, x in enumerate(request.ids)]
         await self._store(self.rt.store.meta, name)
         await self._store(self.rt.store.delete, name, ids)
+        self.rt.wrote(name, len(ids))
         return index_pb2.DeleteResponse(deleted=len(ids))
 
 

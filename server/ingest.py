@@ -33,13 +33,14 @@ def to_document(row: dict) -> document_pb2.Document:
 
 
 def ingest(target: str, collection: str, corpus: Path, *, batch: int = 64, create: bool = True,
-           progress: bool = True, token: str = "", tls: bool = False, tls_ca: str = "") -> dict:
+           progress: bool = True, token: str = "", tls: bool = False, tls_ca: str = "", language: str = "") -> dict:
     total = sum(1 for _ in read_corpus(corpus))
     with channel(target, tls=tls, tls_ca=tls_ca, token=token) as ch:
         stub = index_pb2_grpc.IndexServiceStub(ch)
         if create:
             try:
-                stub.CreateCollection(index_pb2.CreateCollectionRequest(collection=collection), timeout=60)
+                stub.CreateCollection(index_pb2.CreateCollectionRequest(collection=collection, language=language),
+                                      timeout=60)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
@@ -74,7 +75,7 @@ def ingest(target: str, collection: str, corpus: Path, *, batch: int = 64, creat
 
 def _run(args) -> int:
     r = ingest(args.target, args.collection, Path(args.corpus), batch=args.batch,
-               token=args.token, tls=args.tls, tls_ca=args.tls_ca)
+               token=args.token, tls=args.tls, tls_ca=args.tls_ca, language=args.language)
     print(f"ingested {r['documents']} documents in {r['seconds']:.1f}s ({r['docs_per_second']:.1f} docs/s)")
     if r["skipped_empty"]:
         print(f"skipped {len(r['skipped_empty'])} documents with no text: {', '.join(r['skipped_empty'][:10])}")
@@ -93,6 +94,7 @@ def add_parser(sub) -> None:
     p.add_argument("corpus", help="path to corpus.jsonl (or a BEIR folder containing it)")
     p.add_argument("--collection", required=True)
     p.add_argument("--batch", type=int, default=64, help="documents per stream message")
+    p.add_argument("--language", default="", help="BM25 analyzer of a new collection (default english)")
     add_client_flags(p)
 
     def run(args):

@@ -39,6 +39,10 @@ BATCH_TOKENS = Histogram("tandem_batch_tokens", "Padded tokens per batch (longes
 BATCH_SECONDS = Histogram("tandem_batch_compute_seconds", "Model/backend time per batch",
                           ["worker"], buckets=SECONDS)
 DROPPED = Counter("tandem_dropped_items", "Items dropped before compute, by reason", ["worker", "reason"])
+STORE_FLUSH_SECONDS = Histogram("tandem_store_flush_seconds", "Background seals (flushes) of embedded collections",
+                                buckets=SECONDS)
+STORE_UNSEALED_ROWS = Gauge("tandem_store_unsealed_rows", "Acknowledged rows written since their collection's last seal")
+STORE_ENGINE_RESTARTS = Counter("tandem_store_engine_restarts", "Times the embedded Milvus child was restarted")
 MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)", ["model", "kind", "device", "dtype"])
 
 

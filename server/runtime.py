@@ -23,6 +23,12 @@ class Runtime:
     embedders: dict[str, Batcher] = field(default_factory=dict)
     recall: Batcher | None = None
     store: object | None = None  # server.storage.Store
+    sealer: object | None = None  # server.sealer.Sealer, for an embedded store
+
+    def wrote(self, collection: str, rows: int) -> None:
+        """An acknowledged write: let the sealer know (a no-op against a Milvus server)."""
+        if self.sealer is not None:
+            self.sealer.wrote(collection, rows)
     reranker_missing: str = ""  # why the server runs recall-only, when it does
     health: object | None = None
 

@@ -51,10 +51,15 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
             raise invalid(f"recall_k is {recall_k}; the limit is {cfg.max_recall_k} (max_recall_k)")
         if top_n > recall_k:
             raise invalid(f"top_n ({top_n}) is larger than recall_k ({recall_k}); raise recall_k or lower top_n")
-        expr = compile_filter(request.filter) if request.HasField("filter") else ""
         want_rerank = request.rerank if request.HasField("rerank") else True
         deadline = rt.deadline(context)
-        meta = rt.store.cached_meta(name) or await asyncio.to_thread(rt.store.meta, name)
+        # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
+        cached = rt.store.cached_meta(name)
+        presence = cached.has_presence if cached else True
+        expr = compile_filter(request.filter, presence) if request.HasField("filter") else ""
+        meta = cached or await asyncio.to_thread(rt.store.meta, name)
+        if expr and meta.has_presence != presence:
+            expr = compile_filter(request.filter, meta.has_presence)
 
         vector = None
         if mode != "sparse":

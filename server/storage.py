@@ -1,49 +1,100 @@
-"""The document store: Milvus through `pymilvus.MilvusClient`, Lite or server alike.
+"""The document store: Milvus through `pymilvus.MilvusClient`, embedded or server alike.
 
-A local path (`./data/tandem.db`) gives embedded Milvus Lite; `http://host:19530`
-(plus a token) gives Milvus Standalone or Distributed. Nothing else here cares.
+A local path (`./data/tandem.db`) gives the embedded engine (`server/engine.py`: milvus-lite's C++ engine in
+a supervised child process); `http://host:19530` (plus a token) gives Milvus Standalone or Distributed.
 
 Schema per collection:
-- `id`        VARCHAR(512) primary key (client-chosen; upsert replaces)
-- `text`      VARCHAR(65535) with the standard analyzer, input of the BM25 function
-- `dense`     FLOAT_VECTOR(dim), HNSW (M=16, efConstruction=200), COSINE
+- `id`        VARCHAR primary key (client-chosen; upsert replaces). milvus-lite 2.5 cannot replace an id
+              holding `'`, nor match one holding a control character, so new collections store ids with
+              `%`, quotes, backslash and control characters percent-encoded; clients see the ids they sent.
+- `text`      VARCHAR(65535) with the collection's analyzer (`language`), input of the BM25 function
+- `dense`     FLOAT_VECTOR(dim), COSINE; the index is the best the engine takes (`DENSE_INDEXES`)
 - `sparse`    SPARSE_FLOAT_VECTOR, filled by Milvus's BM25 function, SPARSE_INVERTED_INDEX
 - `metadata`  JSON: the client's metadata object. Kept in one JSON field rather
               than dynamic top-level fields so user keys can never shadow or
               address the reserved fields above.
-Collection properties record the embedder (`tandem.embedder`, `tandem.dimension`), so
-queries use the same one; they also mark which collections are Tandem's.
+- `present`   JSON {key path: type} of every non-null metadata value, written by the store. It lets
+              filters say "absent" and "not a number" without `not`, which milvus-lite 2.5 lacks
+              (see server/filters.py).
+The collection's record (embedder, dimension, language) is JSON in the schema description, which every
+engine keeps, and in collection properties, which Milvus servers keep (v0.1 wrote only those).
 
 All methods block; callers run them off the event loop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
 from pymilvus.exceptions import MilvusException
 
-from server.errors import ServiceError
+from server.engine import EmbeddedMilvus, child_engine_available
+from server.errors import ServiceError, invalid
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # we log failures ourselves, once
 logging.getLogger("faiss").setLevel(logging.WARNING)
-# Milvus Lite's in-process server logs a traceback each time pymilvus probes an RPC it lacks (AllocTimestamp).
+# Milvus Lite 3's in-process server logs a traceback each time pymilvus probes an RPC it lacks.
 # Tandem's own server is grpc.aio and does not log through this logger.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
-INDEX_TYPE = "HNSW"
 METRIC = "COSINE"
-INDEX_PARAMS = {"M": 16, "efConstruction": 200}
+# Dense indexes in order of preference. Milvus servers and milvus-lite 3 build HNSW; milvus-lite 2.5's local
+# mode takes only FLAT, IVF_FLAT and AUTOINDEX. Search params follow the index type.
+DENSE_INDEXES = [("HNSW", {"M": 16, "efConstruction": 200}), ("AUTOINDEX", {})]
 RRF_K = 60
 MAX_TEXT_CHARS = 65535
 OUTPUT = ["text", "metadata"]
-_EMBEDDER, _DIMENSION = "tandem.embedder", "tandem.dimension"
+_EMBEDDER, _DIMENSION, _LANGUAGE = "tandem.embedder", "tandem.dimension", "tandem.language"
+_RECORD = "tandem:"  # schema description prefix of the collection record
+
+# BM25 analyzers by `language`. English stems and drops stop words; "standard" is v0.1's (lowercase only).
+STEMMED = ("arabic", "danish", "dutch", "finnish", "french", "german", "greek", "hungarian", "italian",
+           "norwegian", "portuguese", "romanian", "russian", "spanish", "swedish", "tamil", "turkish")
+ANALYZERS = {"english": {"type": "english"}, "standard": {"type": "standard"}, "chinese": {"type": "chinese"},
+             **{lang: {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": lang}]}
+                for lang in STEMMED}}
+DEFAULT_LANGUAGE = "english"
+
+
+def analyzer(language: str) -> tuple[str, dict]:
+    lang = (language or DEFAULT_LANGUAGE).strip().lower()
+    if lang not in ANALYZERS:
+        raise invalid(f"language {language!r} has no BM25 analyzer; use one of {', '.join(sorted(ANALYZERS))}")
+    return lang, ANALYZERS[lang]
+
+
+_ID_UNSAFE = re.compile(r"[%'\"\\\x00-\x1f\x7f]")
+_ID_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+
+def encode_id(doc_id: str) -> str:
+    return _ID_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", doc_id)
+
+
+def decode_id(stored: str) -> str:
+    return _ID_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), stored)
+
+
+def presence(metadata: dict, prefix: str = "") -> dict[str, str]:
+    """{dotted key path: type} for every non-null value, nested objects included."""
+    out: dict[str, str] = {}
+    for k, v in metadata.items():
+        if v is None:
+            continue
+        path = prefix + k
+        out[path] = ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float))
+                     else "string" if isinstance(v, str) else "list" if isinstance(v, list) else "object")
+        if isinstance(v, dict):
+            out.update(presence(v, path + "."))
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,6 +102,15 @@ class CollectionMeta:
     name: str
     embedder: str
     dimension: int
+    language: str = "standard"
+    index_type: str = "HNSW"
+    index_params: dict = field(default_factory=dict)
+    has_presence: bool = False  # v0.1 collections lack the `present` field
+    escaped_ids: bool = False  # v0.1 collections store ids as sent
+
+    def search_params(self, limit: int) -> dict:
+        params = {"ef": max(limit, 64)} if self.index_type == "HNSW" else {}
+        return {"metric_type": METRIC, "params": params}
 
 
 @dataclass
@@ -65,43 +125,75 @@ def is_lite(uri: str) -> bool:
     return "://" not in uri
 
 
+def _record(props: dict, description: str) -> dict | None:
+    if _EMBEDDER in props:
+        return {"embedder": props[_EMBEDDER], "dimension": int(props[_DIMENSION]),
+                "language": props.get(_LANGUAGE, "standard")}
+    if description.startswith(_RECORD):
+        try:
+            return json.loads(description[len(_RECORD):])
+        except ValueError:
+            return None
+    return None
+
+
+def _index_rejected(exc: MilvusException) -> bool:
+    text = str(exc.message).lower()
+    return "index type" in text or "only support" in text
+
+
 class Store:
     def __init__(self, uri: str, token: str = "", timeout: float = 30.0):
         self.uri, self.token, self.timeout = uri, token, timeout
-        self.kind = "milvus-lite" if is_lite(uri) else "milvus"
+        self.embedded = is_lite(uri)
+        self.kind = "milvus-lite" if self.embedded else "milvus"
+        # milvus-lite 2.x runs as Tandem's supervised child; 3.x runs inside pymilvus (no child to supervise).
+        self.engine = EmbeddedMilvus(uri) if self.embedded and child_engine_available() else None
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._meta: dict[str, CollectionMeta] = {}
+        self._dense_index: int = 0  # first DENSE_INDEXES entry the engine has not rejected
 
     # -- connection ------------------------------------------------------------
 
     def client(self) -> MilvusClient:
         with self._lock:
+            if self.engine is not None and self._client is not None and not self.engine.alive():
+                self._drop_client_locked()  # the child died: reconnect to the one uri() restarts
             if self._client is None:
-                if is_lite(self.uri):
-                    Path(self.uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout)
+                    if self.engine is not None:
+                        uri = self.engine.uri()
+                    else:
+                        uri = self.uri
+                        if self.embedded:
+                            Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+                    self._client = MilvusClient(uri=uri, token=self.token, timeout=self.timeout)
                 except Exception as exc:
                     raise _unavailable(exc) from None
             return self._client
 
-    def reset(self) -> None:
-        """Drop the client so the next call reconnects (after Milvus was unreachable)."""
-        with self._lock:
-            c, self._client = self._client, None
-            self._meta.clear()  # a restarted Milvus has collections released again: re-check and load
+    def _drop_client_locked(self) -> None:
+        c, self._client = self._client, None
+        self._meta.clear()  # a restarted Milvus has collections released again: re-check and load
         if c is not None:
             try:
                 c.close()
             except Exception:
                 pass
 
+    def reset(self) -> None:
+        """Drop the client so the next call reconnects (after Milvus was unreachable)."""
+        with self._lock:
+            self._drop_client_locked()
+
     def ping(self) -> None:
         self._call(lambda c: c.list_collections())
 
     def close(self) -> None:
         self.reset()
+        if self.engine is not None:
+            self.engine.stop()
 
     def _call(self, fn, collection: str | None = None):
         try:
@@ -130,28 +222,49 @@ class Store:
 
     # -- collections -----------------------------------------------------------
 
-    def create(self, name: str, embedder: str, dimension: int) -> CollectionMeta:
-        def do(c: MilvusClient):
-            if c.has_collection(name):
-                raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"collection {name!r} already exists")
-            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
-            s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_CHARS, enable_analyzer=True)
+    def create(self, name: str, embedder: str, dimension: int, language: str = "") -> CollectionMeta:
+        lang, analyzer_params = analyzer(language)
+        record = {"embedder": embedder, "dimension": dimension, "language": lang, "ids": "escaped"}
+
+        def schema():
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                           description=_RECORD + json.dumps(record))
+            s.add_field("id", DataType.VARCHAR, is_primary=True, max_length=3 * 512)  # room for escapes
+            s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_CHARS, enable_analyzer=True,
+                        analyzer_params=analyzer_params)
             s.add_field("dense", DataType.FLOAT_VECTOR, dim=dimension)
             s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             s.add_field("metadata", DataType.JSON)
+            s.add_field("present", DataType.JSON)
             s.add_function(Function(name="bm25", function_type=FunctionType.BM25,
                                     input_field_names=["text"], output_field_names=["sparse"]))
-            ip = c.prepare_index_params()
-            ip.add_index("dense", index_type=INDEX_TYPE, metric_type=METRIC, params=INDEX_PARAMS)
-            ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-            c.create_collection(name, schema=s, index_params=ip, consistency_level="Strong",
-                                properties={_EMBEDDER: embedder, _DIMENSION: str(dimension)})
+            return s
+
+        def do(c: MilvusClient):
+            if c.has_collection(name):
+                raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"collection {name!r} already exists")
+            while True:
+                index_type, params = DENSE_INDEXES[self._dense_index]
+                ip = c.prepare_index_params()
+                ip.add_index("dense", index_type=index_type, metric_type=METRIC, params=params)
+                ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+                try:
+                    c.create_collection(name, schema=schema(), index_params=ip, consistency_level="Strong",
+                                        properties={_EMBEDDER: embedder, _DIMENSION: str(dimension),
+                                                    _LANGUAGE: lang})
+                    return
+                except MilvusException as exc:
+                    if not _index_rejected(exc) or self._dense_index + 1 >= len(DENSE_INDEXES):
+                        raise
+                    log.info("the engine rejects %s (%s); using %s", index_type, exc.message,
+                             DENSE_INDEXES[self._dense_index + 1][0])
+                    if c.has_collection(name):  # created before its index failed
+                        c.drop_collection(name)
+                    self._dense_index += 1
 
         self._call(do)
-        meta = CollectionMeta(name, embedder, dimension)
-        self._meta[name] = meta
-        return meta
+        self._meta.pop(name, None)
+        return self.meta(name)
 
     def drop(self, name: str) -> None:
         self.meta(name)
@@ -179,38 +292,54 @@ class Store:
         def do(c: MilvusClient):
             if not c.has_collection(name):
                 return None
-            props = c.describe_collection(name).get("properties") or {}
-            if _EMBEDDER not in props:
+            d = c.describe_collection(name)
+            record = _record(d.get("properties") or {}, d.get("description") or "")
+            if record is None:
                 return None  # not a Tandem collection
             # After a restart (or on a Milvus server) a collection must be loaded before search.
             if "NotLoad" in str(c.get_load_state(name).get("state")):
                 c.load_collection(name)
-            return props
+            idx = c.describe_index(name, "dense") or {}
+            fields = {f["name"] for f in d.get("fields", [])}
+            return record, idx, "present" in fields
 
-        props = self._call(do)
-        if props is None:
+        found = self._call(do)
+        if found is None:
             return None
-        meta = CollectionMeta(name, props[_EMBEDDER], int(props[_DIMENSION]))
+        record, idx, has_presence = found
+        skip = {"index_type", "metric_type", "field_name", "index_name", "dim", "total_rows", "indexed_rows",
+                "pending_index_rows", "state"}
+        meta = CollectionMeta(name, record["embedder"], int(record["dimension"]), record.get("language", "standard"),
+                              str(idx.get("index_type", "")), {k: str(v) for k, v in idx.items() if k not in skip},
+                              has_presence, record.get("ids") == "escaped")
         self._meta[name] = meta
         return meta
 
     def describe(self, name: str) -> tuple[CollectionMeta, int]:
         meta = self.meta(name)
-        rows = self._call(lambda c: c.get_collection_stats(name), name).get("row_count", 0)
-        return meta, int(rows)
+        # count(*) under Strong consistency is exact; collection stats count replaced and deleted rows too.
+        rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"]), name)
+        return meta, int(rows[0]["count(*)"]) if rows else 0
 
     # -- documents -------------------------------------------------------------
 
     def upsert(self, name: str, rows: list[dict]) -> int:
+        meta = self.meta(name)
+        if meta.escaped_ids:
+            rows = [{**r, "id": encode_id(r["id"])} for r in rows]
+        if meta.has_presence:
+            rows = [{**r, "present": presence(r.get("metadata") or {})} for r in rows]
         res = self._call(lambda c: c.upsert(name, rows), name)
         return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
 
     def flush(self, name: str) -> None:
-        """Seal buffered rows into indexed segments. Not needed for durability (the WAL has them), but
-        searching Milvus Lite's in-memory buffer is a brute-force pass, so bulk ingest ends with this."""
+        """Seal buffered rows into indexed segments. Not needed for durability (the WAL has them); it makes
+        search cost independent of how the rows arrived (see server/sealer.py)."""
         self._call(lambda c: c.flush(name), name)
 
     def delete(self, name: str, ids: list[str]) -> None:
+        if self.meta(name).escaped_ids:
+            ids = [encode_id(x) for x in ids]
         self._call(lambda c: c.delete(name, ids=ids), name)
 
     # -- recall ----------------------------------------------------------------
@@ -218,7 +347,9 @@ class Store:
     def search(self, name: str, mode: str, vectors: list | None, texts: list[str] | None,
                limit: int, expr: str) -> list[list[Hit]]:
         """One call for many queries. mode: dense | sparse | hybrid."""
-        dense_param = {"metric_type": METRIC, "params": {"ef": max(limit, 64)}}
+        meta = self.meta(name)
+        dense_param = meta.search_params(limit)
+        as_sent = decode_id if meta.escaped_ids else str
         sparse_param = {"metric_type": "BM25"}
 
         def do(c: MilvusClient):
@@ -240,8 +371,8 @@ class Store:
                 ent = h.get("entity", {})
                 score = float(h["distance"])
                 if mode == "sparse":
-                    score = abs(score)  # Milvus Lite reports BM25 as a negative distance
-                row.append(Hit(str(h["id"]), ent.get("text", ""), ent.get("metadata") or {}, score))
+                    score = abs(score)  # Milvus Lite 3 reports BM25 as a negative distance
+                row.append(Hit(as_sent(h["id"]), ent.get("text", ""), ent.get("metadata") or {}, score))
             out.append(row)
         return out
 

@@ -49,22 +49,23 @@ def documents(corpus, prefix=""):
 # -- Milvus outage -----------------------------------------------------------------------------------------------
 
 class MilvusLite:
-    """A real Milvus Lite server process (`milvus-lite server`), reached over http:// like Milvus Standalone."""
+    """The embedded engine's binary serving TCP in its own process, reached over http:// like Milvus Standalone."""
 
     def __init__(self, data_dir, port):
-        self.data_dir, self.port, self.proc = data_dir, port, None
+        from server.engine import EmbeddedMilvus
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.engine = EmbeddedMilvus(str(data_dir / "milvus.db"), address=f"127.0.0.1:{port}")
 
     def start(self):
-        exe = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(exe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.engine.uri()
         from pymilvus import MilvusClient
 
         assert wait_for(lambda: _reachable(MilvusClient, self.port), 60), "milvus-lite server did not start"
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
+        self.engine.stop()
 
 
 def _reachable(client_cls, port):

