@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import metrics
+from server import metrics, precision
 from server.config import Config
 from server.embed import EmbedService
 from server.errors import ServiceError
@@ -62,10 +62,14 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
 async def load_models(rt: Runtime) -> None:
     cfg = rt.config
     device = pick_device(cfg.device)
+    # Both are checked before anything loads, so a bad combination fails at once with what to use.
+    emb_prec = precision.choose(cfg.embedder_precision or cfg.precision, device, cfg.backend)
+    rr_prec = precision.choose(cfg.reranker_precision or cfg.precision, device, cfg.backend)
     # Models load and run on their device's one compute thread (see workers/compute.py).
     pool = compute_pool(device)
     loop = asyncio.get_running_loop()
-    emb = await loop.run_in_executor(pool, load_embedder, cfg.embedder, device, cfg.allow_download)
+    emb = await loop.run_in_executor(pool, load_embedder, cfg.embedder, device, cfg.allow_download, emb_prec,
+                                     cfg.backend, cfg.cache_dir)
     rt.embedders[emb.name] = Batcher("embedder", emb, cfg.embed_limits(emb.device.type),
                                      metrics.BatcherMetrics("embedder", cfg.embed_queue_capacity), executor=pool)
     if not cfg.reranker_enabled:
@@ -73,7 +77,8 @@ async def load_models(rt: Runtime) -> None:
                                "restart it with --reranker MODEL to serve Rerank")
         return
     try:
-        rr = await loop.run_in_executor(pool, load_reranker, cfg.reranker, device, cfg.allow_download)
+        rr = await loop.run_in_executor(pool, load_reranker, cfg.reranker, device, cfg.allow_download, rr_prec,
+                                        cfg.backend, cfg.cache_dir)
     except ModelNotFound as exc:
         if cfg.reranker != DEFAULT_RERANKER:
             raise  # a model the user named must load

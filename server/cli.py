@@ -15,7 +15,11 @@ def _serve(args) -> int:
     from server.app import _limit_malloc_arenas, serve
 
     _limit_malloc_arenas()  # before any thread allocates
-    cfg = config.from_sources(args)
+    try:
+        cfg = config.from_sources(args)
+    except ValueError as exc:
+        print(f"tandem serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(cfg))

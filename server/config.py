@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 from workers import BatchLimits
@@ -30,9 +32,17 @@ class Config:
     reranker: str = _f(DEFAULT_RERANKER, "cross-encoder: Hugging Face id or local folder; 'none' = recall-only")
     embedder: str = _f(DEFAULT_EMBEDDER, "bi-encoder for collections and Embed: Hugging Face id or local folder")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _f("auto", "auto | fp32 | bf16 | fp16 | int8 for both models; auto = fp16 on CUDA, bf16 on a "
+                                "CPU with native bf16 (AVX512_BF16/AMX), else fp32")
+    reranker_precision: str = _f("", "the reranker's precision, when it differs from --precision")
+    embedder_precision: str = _f("", "the embedder's precision, when it differs from --precision")
+    backend: str = _f("torch", "torch | openvino (CPU; pip install 'tandem-search[openvino]'; converted locally "
+                               "on first load and cached)")
+    cache_dir: str = _f("", "where converted models are cached; default ~/.cache/tandem")
     allow_download: bool = _f(True, "download models from the Hugging Face Hub when not found locally")
     # storage
-    milvus_uri: str = _f("./data/tandem.db", "Milvus Lite path, or http://host:19530 for Milvus Standalone/Distributed")
+    milvus_uri: str = _f("./data/tandem.db", "embedded Milvus data file (*.db), or http://host:19530 for Milvus "
+                                             "Standalone/Distributed")
     milvus_token: str = _f("", "Milvus token (user:password or API key)", secret=True)
     seal_quiet_seconds: float = _f(1.0, "embedded Milvus: seal a collection once its writes have been quiet this "
                                         "long (0 = never; a Milvus server seals by itself)")
@@ -95,6 +105,19 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        from server.precision import BACKENDS, PRECISIONS
+
+        for name in ("precision", "reranker_precision", "embedder_precision"):
+            v = getattr(self, name)
+            if v and v.lower() not in PRECISIONS:
+                raise ValueError(f"{name} is {v!r}; use one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend is {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if "://" not in self.milvus_uri:
+            name = Path(self.milvus_uri).name
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,36}", name):
+                raise ValueError(f"milvus_uri: the embedded engine's data file name {name!r} must be 1-36 characters "
+                                 "of letters, digits, '.', '_' and '-' (the folder may be any path)")
         if self.seal_quiet_seconds < 0:
             raise ValueError("seal_quiet_seconds must be 0 (never) or positive")
         if bool(self.tls_cert) != bool(self.tls_key):

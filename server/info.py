@@ -21,7 +21,8 @@ def model_infos(rt: Runtime) -> list[common_pb2.ModelInfo]:
         m = b.backend
         out.append(common_pb2.ModelInfo(
             name=m.name, kind=m.kind, device=str(m.device), max_seq_length=m.max_length,
-            source=m.source, dimension=getattr(m, "dimension", 0), dtype=m.dtype,
+            source=m.source, dimension=getattr(m, "dimension", 0), dtype=m.dtype, precision=m.precision,
+            backend=m.backend,
         ))
     return out
 

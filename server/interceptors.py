@@ -38,17 +38,38 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.tokens = tokens
         self.exempt_health = exempt_health
         self.in_flight = 0
+        # The wrapped handler per method, built once: this runs on every RPC. Only methods the server
+        # serves get an entry, so the set is closed.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._finished: dict[tuple[str, grpc.StatusCode], tuple] = {}
 
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED, and no label is made
-            return None
         method = details.method
         exempt = method.startswith(EXEMPT_PREFIXES)
         if self.tokens and not (exempt and self.exempt_health):
             if not self._authorized(details.invocation_metadata):
+                handler = await continuation(details)
+                if handler is None:
+                    return None
                 return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED,
                              "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'")
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED, and no label is made
+                return None
+            wrapped = self._wrapped[method] = self._prepare(handler, method, exempt)
+        return wrapped
+
+    def _finish(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        children = self._finished.get((method, code))
+        if children is None:
+            children = self._finished[(method, code)] = (metrics.REQUESTS.labels(method, code.name),
+                                                         metrics.REQUEST_SECONDS.labels(method, code.name))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _prepare(self, handler, method: str, exempt: bool):
         if handler.request_deserializer is not None:
             handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
@@ -110,9 +131,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 in_flight.dec()
                 if code == grpc.StatusCode.OK:
                     _set_trailers(context, start)
-                elapsed = time.perf_counter() - start
-                metrics.REQUESTS.labels(method, code.name).inc()
-                metrics.REQUEST_SECONDS.labels(method, code.name).observe(elapsed)
+                self._finish(method, code, time.perf_counter() - start)
                 _timings.reset(token)
 
         return wrapper
@@ -135,8 +154,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 in_flight.dec()
-                metrics.REQUESTS.labels(method, code.name).inc()
-                metrics.REQUEST_SECONDS.labels(method, code.name).observe(time.perf_counter() - start)
+                self._finish(method, code, time.perf_counter() - start)
 
         return wrapper
 

@@ -43,6 +43,10 @@ STORE_FLUSH_SECONDS = Histogram("tandem_store_flush_seconds", "Background seals 
                                 buckets=SECONDS)
 STORE_UNSEALED_ROWS = Gauge("tandem_store_unsealed_rows", "Acknowledged rows written since their collection's last seal")
 STORE_ENGINE_RESTARTS = Counter("tandem_store_engine_restarts", "Times the embedded Milvus child was restarted")
+RECALL_FILTER = Counter("tandem_recall_filtered_queries", "Filtered recall queries, by where the filter ran: "
+                        "post (Tandem, over oversampled candidates) or engine", ["path"])
+for _p in ("post", "engine"):
+    RECALL_FILTER.labels(_p)
 MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)", ["model", "kind", "device", "dtype"])
 
 

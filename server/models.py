@@ -108,25 +108,47 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool):
+def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool, precision,
+          backend: str, cache_dir: str):
     _quiet_transformers()
     r = resolve(name, allow_download)
     model = model_cls(r.path, device=pick_device(device), local_files_only=r.source != "download")
-    log.info("loaded %s %s from %s (%s) on %s", kind, name, r.path, r.source, model.device)
-    return backend_cls(model, name, r.source)
+    if backend == "openvino":
+        try:
+            from workers import openvino_backend
+        except ImportError:
+            raise RuntimeError("--backend openvino needs OpenVINO: pip install 'tandem-search[openvino]'") from None
+        cls = {"reranker": openvino_backend.OpenVINOCrossEncoderBackend,
+               "embedder": openvino_backend.OpenVINOEmbedderBackend}[kind]
+        loaded = cls(model, name, r.source, precision.name, source_path=r.path, cache_dir=cache_dir or None)
+    else:
+        loaded = backend_cls(model, name, r.source, precision.name)
+    log.info("loaded %s %s from %s (%s) on %s: %s %s (%s)", kind, name, r.path, r.source, model.device, backend,
+             precision.name, precision.reason)
+    return loaded
 
 
-def load_reranker(name: str, device: str, allow_download: bool = True):
+def load_reranker(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
+                  cache_dir: str = ""):
     from sentence_transformers import CrossEncoder
 
     from workers.backends import CrossEncoderBackend
 
-    return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download)
+    return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download,
+                 precision or _fp32(), backend, cache_dir)
 
 
-def load_embedder(name: str, device: str, allow_download: bool = True):
+def load_embedder(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
+                  cache_dir: str = ""):
     from sentence_transformers import SentenceTransformer
 
     from workers.backends import EmbedderBackend
 
-    return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download)
+    return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download,
+                 precision or _fp32(), backend, cache_dir)
+
+
+def _fp32():
+    from server.precision import Precision
+
+    return Precision("fp32", "default")

@@ -10,7 +10,7 @@ import grpc
 
 from server import metrics, validation
 from server.errors import ServiceError, invalid
-from server.filters import compile_filter
+from server.filters import compile_filter, compile_predicate
 from server.messages import dict_to_struct, sigmoid
 from server.runtime import Runtime
 from tandem.v1 import search_pb2, search_pb2_grpc
@@ -65,7 +65,8 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         if mode != "sparse":
             (vector,), _ = await rt.embedder_batcher(meta.embedder).submit([request.query], deadline=deadline)
         t1 = rt.clock()
-        query = RecallQuery(name, mode, expr, recall_k, request.query, vector)
+        predicate = compile_predicate(request.filter) if expr else None
+        query = RecallQuery(name, mode, expr, recall_k, request.query, vector, predicate)
         (hits,), _ = await rt.recall.submit([query], key=query.key, deadline=deadline)
         t2 = rt.clock()
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from server import metrics
 from server.engine import EmbeddedMilvus, child_engine_available
 from server.errors import ServiceError, invalid
 
@@ -50,6 +51,8 @@ METRIC = "COSINE"
 # mode takes only FLAT, IVF_FLAT and AUTOINDEX. Search params follow the index type.
 DENSE_INDEXES = [("HNSW", {"M": 16, "efConstruction": 200}), ("AUTOINDEX", {})]
 RRF_K = 60
+OVERSAMPLE = 4  # unfiltered candidates per wanted hit, before the predicate (see Store.search)
+MAX_TOPK = 16384  # Milvus's largest limit
 MAX_TEXT_CHARS = 65535
 OUTPUT = ["text", "metadata"]
 _EMBEDDER, _DIMENSION, _LANGUAGE = "tandem.embedder", "tandem.dimension", "tandem.language"
@@ -345,36 +348,81 @@ class Store:
     # -- recall ----------------------------------------------------------------
 
     def search(self, name: str, mode: str, vectors: list | None, texts: list[str] | None,
-               limit: int, expr: str) -> list[list[Hit]]:
-        """One call for many queries. mode: dense | sparse | hybrid."""
+               limit: int, expr: str, predicate=None) -> list[list[Hit]]:
+        """One call for many queries. mode: dense | sparse | hybrid.
+
+        Hybrid runs the dense and the BM25 search and fuses them here with RRF, as Milvus's `hybrid_search`
+        would: on milvus-lite 2.5 that call costs 11 ms at 100k documents where the two searches cost 3.
+
+        With a filter and its `predicate` (server/filters.py), the store first asks for OVERSAMPLE x more
+        unfiltered candidates and keeps those the predicate accepts: the embedded engine parses every row's
+        JSON to filter (about 15 ms per condition per 100k rows), while a 4x larger unfiltered search costs
+        about 1 ms more. The kept ones are exactly the filtered top `limit` when at least `limit` survive, or
+        when the unfiltered list held the whole collection; otherwise the engine filters, as before.
+        """
         meta = self.meta(name)
-        dense_param = meta.search_params(limit)
         as_sent = decode_id if meta.escaped_ids else str
-        sparse_param = {"metric_type": "BM25"}
+        fields = ("dense", "sparse") if mode == "hybrid" else (mode,)
 
-        def do(c: MilvusClient):
-            if mode == "dense":
-                return c.search(name, data=vectors, anns_field="dense", limit=limit, filter=expr,
-                                output_fields=OUTPUT, search_params=dense_param)
-            if mode == "sparse":
-                return c.search(name, data=texts, anns_field="sparse", limit=limit, filter=expr,
-                                output_fields=OUTPUT, search_params=sparse_param)
-            reqs = [AnnSearchRequest(data=vectors, anns_field="dense", param=dense_param, limit=limit, expr=expr),
-                    AnnSearchRequest(data=texts, anns_field="sparse", param=sparse_param, limit=limit, expr=expr)]
-            return c.hybrid_search(name, reqs, ranker=RRFRanker(RRF_K), limit=limit, output_fields=OUTPUT)
+        def hits(result, sparse: bool) -> list[list[Hit]]:
+            # Milvus Lite 3 reports BM25 as a negative distance
+            return [[Hit(as_sent(h["id"]), h.get("entity", {}).get("text", ""),
+                         h.get("entity", {}).get("metadata") or {},
+                         abs(float(h["distance"])) if sparse else float(h["distance"])) for h in row]
+                    for row in result]
 
-        result = self._call(do, name)
-        out = []
-        for hits in result:
-            row = []
-            for h in hits:
-                ent = h.get("entity", {})
-                score = float(h["distance"])
-                if mode == "sparse":
-                    score = abs(score)  # Milvus Lite 3 reports BM25 as a negative distance
-                row.append(Hit(as_sent(h["id"]), ent.get("text", ""), ent.get("metadata") or {}, score))
-            out.append(row)
-        return out
+        def run(rows: list[int], k: int, where: str) -> dict[str, list[list[Hit]]]:
+            def do(c: MilvusClient):
+                out = {}
+                if "dense" in fields:
+                    out["dense"] = hits(c.search(name, data=[vectors[i] for i in rows], anns_field="dense", limit=k,
+                                                 filter=where, output_fields=OUTPUT,
+                                                 search_params=meta.search_params(k)), False)
+                if "sparse" in fields:
+                    out["sparse"] = hits(c.search(name, data=[texts[i] for i in rows], anns_field="sparse", limit=k,
+                                                  filter=where, output_fields=OUTPUT,
+                                                  search_params={"metric_type": "BM25"}), True)
+                return out
+
+            return self._call(do, name)
+
+        n = len(vectors if vectors is not None else texts)
+        lists: dict[str, list] = {f: [None] * n for f in fields}
+        engine_rows = list(range(n))
+        if expr and predicate is not None:
+            over = min(OVERSAMPLE * limit, MAX_TOPK)
+            wide = run(engine_rows, over, "")
+            engine_rows = []
+            for i in range(n):
+                kept = {f: [h for h in wide[f][i] if predicate(h.metadata)] for f in fields}
+                if all(len(kept[f]) >= limit or len(wide[f][i]) < over for f in fields):
+                    for f in fields:
+                        lists[f][i] = kept[f][:limit]
+                else:
+                    engine_rows.append(i)
+            metrics.RECALL_FILTER.labels("post").inc(n - len(engine_rows))
+        if engine_rows:
+            if expr:
+                metrics.RECALL_FILTER.labels("engine").inc(len(engine_rows))
+            exact = run(engine_rows, limit, expr)
+            for j, i in enumerate(engine_rows):
+                for f in fields:
+                    lists[f][i] = exact[f][j]
+        if mode != "hybrid":
+            return lists[mode]
+        return [rrf([d, s], limit) for d, s in zip(lists["dense"], lists["sparse"])]
+
+
+def rrf(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]:
+    """Reciprocal rank fusion, Milvus's RRFRanker: score = sum over rankings of 1 / (k + rank), rank from 1."""
+    fused: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, h in enumerate(ranking, start=1):
+            if h.id in fused:
+                fused[h.id].score += 1.0 / (k + rank)
+            else:
+                fused[h.id] = Hit(h.id, h.text, h.metadata, 1.0 / (k + rank))
+    return sorted(fused.values(), key=lambda h: -h.score)[:limit]
 
 
 def _missing(name: str) -> ServiceError:

@@ -23,7 +23,8 @@ CAPACITY = 64
 @pytest.fixture(scope="module")
 def ce_server(minilm_ce, tmp_path_factory):
     d = tmp_path_factory.mktemp("ce-server")
-    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"),
+    # fp32: batching must not move a score at all (1e-4). Other precisions: tests/test_precision.py.
+    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", "fp32",
                       "--max-batch-pairs", str(MAX_BATCH), "--queue-capacity", str(CAPACITY),
                       "--max-documents-per-request", "48").start()
     yield s

@@ -79,6 +79,11 @@ def test_info(stubs, tiny_ce):
     kinds = {m.kind: m for m in info.models}
     assert kinds["reranker"].name == tiny_ce and kinds["reranker"].device == "cpu"
     assert kinds["reranker"].max_seq_length == 128
+    from server.precision import cpu_bf16_flag
+
+    auto = "bf16" if cpu_bf16_flag() else "fp32"  # what `auto` means on this CPU
+    for m in info.models:
+        assert (m.precision, m.dtype, m.backend) == (auto, {"bf16": "bfloat16", "fp32": "float32"}[auto], "torch")
     assert kinds["embedder"].dimension == 384 and kinds["embedder"].source.startswith("package:")
     assert info.limits.max_documents_per_request == 256
     assert info.limits.queue_capacity == 512

@@ -56,3 +56,10 @@ def test_env_and_flag_precedence(tmp_path):
     assert (cfg.port, cfg.max_batch_pairs, cfg.warmup) == (7000, 16, False)
     with pytest.raises(ValueError, match="TANDEM_PORT"):
         config.from_sources(p.parse_args([]), {"TANDEM_PORT": "x"})
+
+
+def test_embedded_data_file_name_is_checked_at_startup(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", "none",
+                        "--milvus-uri", str(tmp_path / "my store.db"), "--port", "0", "--metrics-port", "-1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert r.returncode == 2 and "1-36 characters" in r.stderr

@@ -231,3 +231,97 @@ def test_awkward_ids_replace_search_and_delete(stubs):
     r = stubs.search.Search(search_pb2.SearchRequest(collection="awkward", query="turbine blade", top_n=20,
                                                      recall_k=20, rerank=False), timeout=30)
     assert sorted(h.id for h in r.hits) == sorted(ids[5:])
+
+
+def test_hybrid_fusion_equals_milvus_rrf(tmp_path):
+    """Tandem fuses dense and BM25 itself (faster on the embedded engine); the result is Milvus's own RRF."""
+    import numpy as np
+    from pymilvus import AnnSearchRequest, RRFRanker
+
+    from server.storage import RRF_K, Store
+    from tests.conftest import load_beir
+
+    corpus, queries = load_beir("cranfield", limit=300)
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((len(corpus), 8)).astype(np.float32)
+    st = Store(str(tmp_path / "h.db"))
+    try:
+        st.create("h", "e", 8)
+        st.upsert("h", [{"id": d["_id"], "text": f"{d['title']} {d['text']}".strip() or "empty", "metadata": {},
+                         "dense": vecs[i].tolist()} for i, d in enumerate(corpus)])
+        st.flush("h")
+        for i, q in enumerate(queries[:10]):
+            v = rng.standard_normal(8).astype(np.float32).tolist()
+            ours = st.search("h", "hybrid", [v], [q["text"]], 20, "")[0]
+            theirs = st.client().hybrid_search("h", [
+                AnnSearchRequest([v], "dense", {"metric_type": "COSINE", "params": {}}, 20),
+                AnnSearchRequest([q["text"]], "sparse", {"metric_type": "BM25"}, 20)], RRFRanker(RRF_K), limit=20)[0]
+            ref = {str(h["id"]): float(h["distance"]) for h in theirs}
+            assert [round(h.score, 6) for h in ours] == sorted((round(x, 6) for x in ref.values()), reverse=True)
+            assert all(abs(ref[h.id] - h.score) < 1e-6 for h in ours if h.id in ref)  # ties may cut differently
+            assert ours[0].id in ref and ours[0].text
+    finally:
+        st.close()
+
+
+@pytest.fixture(scope="module")
+def sem_store(tmp_path_factory):
+    from server.storage import Store
+
+    st = Store(str(tmp_path_factory.mktemp("sem-store") / "s.db"))
+    st.create("s", "e", 4)
+    st.upsert("s", [{"id": k, "text": f"wing report {k}", "metadata": v, "dense": [1.0, 0.5, i, 0.1]}
+                    for i, (k, v) in enumerate(DOCS.items())])
+    yield st
+    st.close()
+
+
+@pytest.mark.parametrize("path", ["engine", "post"])
+@pytest.mark.parametrize("f, expected", CASES)
+def test_filter_semantics_of_both_paths(sem_store, path, f, expected):
+    """The engine's expression and Tandem's predicate agree on every case, document by document."""
+    from server.filters import compile_filter, compile_predicate
+
+    predicate = compile_predicate(f)
+    assert predicate is not None and {k for k, m in DOCS.items() if predicate(m)} == expected
+    expr = compile_filter(f)
+    for mode in ("dense", "sparse", "hybrid"):
+        got = sem_store.search("s", mode, [[1.0, 0.5, 0.2, 0.1]], ["wing"], 20, expr,
+                               predicate if path == "post" else None)[0]
+        assert {h.id for h in got} == expected
+
+
+def test_post_filter_equals_engine_filter_and_falls_back(tmp_path):
+    import numpy as np
+
+    from server import metrics
+    from server.filters import compile_filter, compile_predicate
+    from server.storage import Store
+    from tests.conftest import load_beir
+
+    corpus, queries = load_beir("cranfield", limit=300)
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((len(corpus), 8)).astype(np.float32)
+    st = Store(str(tmp_path / "p.db"))
+    counter = lambda path: metrics.RECALL_FILTER.labels(path)._value.get()  # noqa: E731
+    try:
+        st.create("p", "e", 8)
+        st.upsert("p", [{"id": d["_id"], "text": f"{d['title']} {d['text']}".strip() or "empty",
+                         "metadata": {"n": i, "parity": i % 2}, "dense": vecs[i].tolist()}
+                        for i, d in enumerate(corpus)])
+        st.flush("p")
+        broad = F(all=[cond("n", Op.OPERATOR_GTE, 30)], none=[cond("parity", Op.OPERATOR_EQ, 1)])
+        narrow = F(all=[cond("n", Op.OPERATOR_GTE, 295)])  # 5 survivors: fewer than asked for
+        for f, path in ((broad, "post"), (narrow, "engine")):
+            expr, predicate = compile_filter(f), compile_predicate(f)
+            for mode in ("dense", "sparse", "hybrid"):
+                vs = [rng.standard_normal(8).astype(np.float32).tolist() for _ in range(3)]
+                ts = [q["text"] for q in queries[:3]]
+                before = counter(path)
+                fast = st.search("p", mode, vs, ts, 10, expr, predicate)
+                assert counter(path) == before + 3
+                exact = st.search("p", mode, vs, ts, 10, expr)
+                assert [[h.id for h in row] for row in fast] == [[h.id for h in row] for row in exact], (mode, path)
+                assert all(row for row in fast)
+    finally:
+        st.close()

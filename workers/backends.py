@@ -22,23 +22,39 @@ def _to_device(features: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
 
+def set_precision(model, precision: str):
+    """The model in `precision` (fp32 | bf16 | fp16 | int8); the choice itself is server/precision.py's."""
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "fp16":
+        return model.half()
+    if precision == "int8":
+        # Dynamic quantisation: int8 weights for every Linear, activations quantised per batch.
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+
+
 class _Backend:
     kind = ""
+    backend = "torch"
 
-    def __init__(self, model, name: str, source: str = ""):
-        self.model = model.eval()
+    def __init__(self, model, name: str, source: str = "", precision: str = "fp32"):
+        self.device = model.device
+        self.max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
+        self.model = set_precision(model.eval(), precision)
         self.name = name
         self.source = source
-        self.device = model.device
-        if self.device.type == "cuda":
-            # fp16 halves memory and roughly doubles throughput on tensor cores.
-            self.model.half()
-        self.dtype = "float16" if self.device.type == "cuda" else "float32"
+        self.precision = precision
+        self.dtype = DTYPES[precision]
         # A fast tokenizer keeps its truncation/padding settings as mutable state, so two threads must
         # never share one: `measure` gets its own copy for its thread and one for inline use on the loop,
         # and the model thread keeps the model's.
         self._tokenizers = {False: copy.deepcopy(model.tokenizer), True: copy.deepcopy(model.tokenizer)}
-        self.max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
 
     def _lengths(self, first: list[str], second: list[str] | None, inline: bool) -> list[int]:
         # max_length + 1 lets a length above max_length mean "was truncated".
@@ -54,12 +70,12 @@ class CrossEncoderBackend(_Backend):
 
     kind = "reranker"
 
-    def __init__(self, model, name: str, source: str = ""):
+    def __init__(self, model, name: str, source: str = "", precision: str = "fp32"):
         if model.num_labels != 1:
             raise ValueError(
                 f"{name} has {model.num_labels} output labels; a reranker needs a single relevance logit"
             )
-        super().__init__(model, name, source)
+        super().__init__(model, name, source, precision)
 
     def measure(self, pairs: Sequence[tuple[str, str]], inline: bool = False) -> list[int]:
         return self._lengths([q for q, _ in pairs], [d for _, d in pairs], inline)
@@ -81,8 +97,8 @@ class EmbedderBackend(_Backend):
 
     kind = "embedder"
 
-    def __init__(self, model, name: str, source: str = ""):
-        super().__init__(model, name, source)
+    def __init__(self, model, name: str, source: str = "", precision: str = "fp32"):
+        super().__init__(model, name, source, precision)
         self.dimension = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
                              else model.get_sentence_embedding_dimension())
 

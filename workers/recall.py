@@ -8,7 +8,7 @@ collection, mode and filter (the batcher's key); each gets its own top-k.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ class RecallQuery:
     k: int
     text: str = ""
     vector: np.ndarray | None = None
+    predicate: Callable[[dict], bool] | None = None  # the filter over metadata; same for every query of a key
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -38,5 +39,5 @@ class RecallBackend:
         vectors = [q.vector.tolist() for q in queries] if q0.mode != "sparse" else None
         texts = [q.text for q in queries] if q0.mode != "dense" else None
         limit = max(q.k for q in queries)
-        results = self.store.search(q0.collection, q0.mode, vectors, texts, limit, q0.expr)
+        results = self.store.search(q0.collection, q0.mode, vectors, texts, limit, q0.expr, q0.predicate)
         return [hits[: q.k] for hits, q in zip(results, queries)]

@@ -21,7 +21,7 @@ class Usage(_message.Message):
     def __init__(self, pairs: _Optional[int] = ..., tokens: _Optional[int] = ..., truncated: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "device", "max_seq_length", "source", "dimension", "dtype")
+    __slots__ = ("name", "kind", "device", "max_seq_length", "source", "dimension", "dtype", "precision", "backend")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class ModelInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     device: str
@@ -36,4 +38,6 @@ class ModelInfo(_message.Message):
     source: str
     dimension: int
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    precision: str
+    backend: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., dtype: _Optional[str] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...

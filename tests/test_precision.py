@@ -1,0 +1,191 @@
+"""Precision: served scores equal the same backend run in-process, bf16 ranks like fp32, the embedder keeps its
+retrieval quality, and a combination the device would only emulate fails at startup with what to use.
+
+Tolerances, and why:
+- bf16 keeps 8 significant bits (a relative step of 2^-8). Batching changes the padded shape, so oneDNN picks
+  other blockings and sums in another order, and an activation can round to the neighbouring bf16 value. On
+  the MiniLM-shaped model a logit moved by at most 5e-4 between "alone" and "in a batch of 16"; 2e-3 allows
+  for other pairs without letting an fp32-vs-bf16 mix-up (differences of 1e-2 and more) pass.
+- int8 (dynamic quantisation) computes each activation's scale from the whole batch, so a score depends on
+  its batch-mates (up to 1.2e-2 measured). Exactness is therefore checked on calls that run alone, where
+  served must equal in-process to 1e-5; under concurrency the drift is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from server.precision import Precision, cpu_bf16_flag, choose
+from tandem.v1 import rerank_pb2, rerank_pb2_grpc
+from tests.conftest import load_beir
+from tests.serverproc import REPO, ServerProcess
+
+needs_bf16 = pytest.mark.skipif(not cpu_bf16_flag(), reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
+
+
+@pytest.fixture(scope="module")
+def cranfield():
+    corpus, queries = load_beir("cranfield", limit=300)
+    return [q["text"] for q in queries], [f"{d['title']} {d['text']}".strip() for d in corpus if d["text"].strip()]
+
+
+def _reference(path: str, prec: str, backend: str = "torch", cache_dir: str = ""):
+    from server.models import load_reranker
+
+    return load_reranker(path, "cpu", False, Precision(prec, "test"), backend, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ov_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ov-cache"))
+
+
+@pytest.fixture(scope="module", params=[pytest.param(("torch", "bf16"), marks=needs_bf16), ("torch", "int8"),
+                                        pytest.param(("openvino", "bf16"), marks=needs_bf16), ("openvino", "fp32")],
+                ids=lambda p: "-".join(p))
+def served(request, minilm_ce, tmp_path_factory, ov_cache):
+    backend, prec = request.param
+    d = tmp_path_factory.mktemp(f"prec-{backend}-{prec}")
+    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", prec,
+                      "--backend", backend, "--cache-dir", ov_cache, "--max-batch-pairs", "16").start()
+    yield backend, prec, s
+    s.terminate()
+
+
+def test_served_scores_equal_the_same_backend_alone(served, minilm_ce, cranfield, ov_cache):
+    backend, prec, s = served
+    queries, docs = cranfield
+    rng = random.Random(7)
+    reqs = [rerank_pb2.RerankRequest(query=rng.choice(queries),
+                                     documents=[d[: rng.randint(30, 900)] for d in rng.sample(docs, 4)])
+            for _ in range(16)]
+    ref = _reference(minilm_ce, prec, backend, ov_cache)
+    with s.channel() as ch:
+        stub = rerank_pb2_grpc.RerankServiceStub(ch)
+        from tandem.v1 import info_pb2, info_pb2_grpc
+
+        info = info_pb2_grpc.InfoServiceStub(ch).Info(info_pb2.InfoRequest(), timeout=10)
+        assert {m.kind: (m.backend, m.precision) for m in info.models}["reranker"] == (backend, prec)
+        # Each call alone: served equals in-process exactly, whatever the precision.
+        for req in reqs[:4]:
+            for doc in req.documents[:2]:
+                got = stub.Rerank(rerank_pb2.RerankRequest(query=req.query, documents=[doc], raw_scores=True),
+                                  timeout=60).results[0].relevance_score
+                assert got == pytest.approx(ref.run([(req.query, doc)])[0], abs=1e-5)
+        # 16 concurrent calls share batches.
+        with ThreadPoolExecutor(16) as pool:
+            out = list(pool.map(lambda r: stub.Rerank(rerank_pb2.RerankRequest(
+                query=r.query, documents=r.documents, raw_scores=True), timeout=120), reqs))
+    drift = max(abs(x.relevance_score - ref.run([(req.query, req.documents[x.index])])[0])
+                for req, resp in zip(reqs, out) for x in resp.results)
+    if prec == "fp32":
+        assert drift < 1e-4
+    elif prec == "bf16":
+        assert drift < 2e-3
+    else:
+        assert drift < 5e-2  # batch-dependent scales: see the module docstring
+
+
+def test_openvino_ir_is_converted_once_and_cached(minilm_ce, tmp_path):
+    import time
+
+    first = time.perf_counter()
+    a = _reference(minilm_ce, "fp32", "openvino", str(tmp_path))
+    first = time.perf_counter() - first
+    (xml,) = list(tmp_path.rglob("model.xml"))
+    stamp = xml.stat().st_mtime_ns
+    again = time.perf_counter()
+    b = _reference(minilm_ce, "fp32", "openvino", str(tmp_path))
+    again = time.perf_counter() - again
+    assert xml.stat().st_mtime_ns == stamp and len(list(tmp_path.rglob("model.xml"))) == 1  # reused, not rebuilt
+    assert again < first
+    pairs = [("wing flutter", "flutter of a swept wing at transonic speed"), ("heat", "a cold plate")]
+    torch_fp32 = _reference(minilm_ce, "fp32").run(pairs)
+    assert a.run(pairs) == pytest.approx(torch_fp32, abs=1e-5) and b.run(pairs) == pytest.approx(torch_fp32, abs=1e-5)
+
+
+def test_openvino_embedder_equals_torch(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from server.models import load_embedder
+    from tests.checkpoints import bundled_encoder
+
+    texts = ["a wing in a slipstream", "heat transfer " * 100, "x"]
+    ov = load_embedder(bundled_encoder(), "cpu", False, Precision("fp32", "test"), "openvino", str(tmp_path))
+    ref = SentenceTransformer(bundled_encoder(), device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.abs(np.stack(ov.run(texts)) - ref).max() < 1e-5
+
+
+@needs_bf16
+def test_bf16_ranks_like_fp32(minilm_ce, cranfield):
+    from scipy.stats import spearmanr
+
+    queries, docs = cranfield
+    rng = random.Random(3)
+    groups = [(q, rng.sample(docs, 10)) for q in queries[:20]]
+    pairs = [(q, d[:600]) for q, ds in groups for d in ds]
+    scores = {}
+    for prec in ("fp32", "bf16"):
+        b = _reference(minilm_ce, prec)
+        scores[prec] = np.concatenate([b.run(pairs[i:i + 10]) for i in range(0, len(pairs), 10)])
+    assert spearmanr(scores["fp32"], scores["bf16"]).correlation >= 0.999
+    same_top = np.mean([np.argmax(scores["fp32"][i:i + 10]) == np.argmax(scores["bf16"][i:i + 10])
+                        for i in range(0, len(pairs), 10)])
+    assert same_top >= 0.95
+
+
+@needs_bf16
+@pytest.mark.parametrize("dataset", ["cranfield", "cisi"])
+def test_bf16_embedder_keeps_ndcg(dataset):
+    """The bundled embedder in bf16 retrieves as well as in fp32 (exact cosine search, nDCG@10 within 0.005)."""
+    from sentence_transformers import SentenceTransformer
+
+    from server.evaluate import load_queries, score
+    from tests.checkpoints import bundled_encoder
+    from tests.conftest import DATA
+    from workers.backends import EmbedderBackend
+
+    corpus, _ = load_beir(dataset)
+    docs = [(d["_id"], f"{d['title']} {d['text']}".strip()) for d in corpus if (d["title"] + d["text"]).strip()]
+    queries, qrels = load_queries(DATA / dataset)
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i][1]))  # similar lengths batch with less padding
+    ndcg = {}
+    for prec in ("fp32", "bf16"):
+        b = EmbedderBackend(SentenceTransformer(bundled_encoder(), device="cpu"), "e", precision=prec)
+        vecs = np.zeros((len(docs), 384), dtype=np.float32)
+        for i in range(0, len(order), 32):
+            idx = order[i:i + 32]
+            vecs[idx] = np.stack(b.run([docs[j][1] for j in idx]))
+        q = np.stack(b.run(list(queries.values())))
+        sims = q @ vecs.T
+        run = {qid: {docs[j][0]: float(row[j]) for j in np.argsort(-row)[:100]} for qid, row in zip(queries, sims)}
+        ndcg[prec] = score(run, qrels)["nDCG@10"]
+    assert abs(ndcg["bf16"] - ndcg["fp32"]) <= 0.005, ndcg
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--precision", "fp16"], "use --precision"),
+    (["--precision", "int8", "--device", "cpu", "--backend", "openvino"], "use --backend torch"),
+    (["--backend", "onnx"], "torch, openvino"),
+    (["--precision", "double"], "auto, fp32, bf16, fp16, int8"),
+])
+def test_unsupported_combination_fails_at_startup(tmp_path, args, words):
+    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", "none", *args,
+                        "--milvus-uri", str(tmp_path / "m.db"), "--port", "0", "--metrics-port", "-1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert r.returncode == 2 and words in r.stderr, r.stderr[-2000:]
+
+
+def test_auto_follows_the_device():
+    assert choose("auto", "cuda", bf16_flag="").name == "fp16"
+    assert choose("auto", "cpu", bf16_flag="avx512_bf16").name == "bf16"
+    assert choose("auto", "cpu", bf16_flag="amx_bf16").name == "bf16"
+    assert choose("auto", "cpu", bf16_flag="").name == "fp32"  # nothing changes on a CPU without bf16
+    with pytest.raises(ValueError, match="use --precision fp32"):
+        choose("bf16", "cpu", bf16_flag="")
