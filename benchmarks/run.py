@@ -73,8 +73,8 @@ def _passage(text: str, words: int = 60) -> str:
 
 
 class Bench:
-    def __init__(self, out: Path, quick: bool):
-        self.out, self.quick = out, quick
+    def __init__(self, out: Path, quick: bool, scaling_sizes: tuple[int, ...] = ()):
+        self.out, self.quick, self.scaling_sizes = out, quick, scaling_sizes
         self.tmp = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
         self.ce_path = minilm_cross_encoder(self.tmp / "minilm-ce")
         self.rows, self.queries = _corpus()
@@ -409,9 +409,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="bench-results/bench.json")
     p.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. s1,s3")
     p.add_argument("--quick", action="store_true", help="one repeat, shorter windows")
+    p.add_argument("--scaling-sizes", default="", help="collection sizes for s7, e.g. 10000,300000")
 
     def run(args) -> int:
-        rep = Bench(Path(args.out), args.quick).run([x for x in args.only.split(",") if x])
+        sizes = tuple(int(x) for x in args.scaling_sizes.split(",") if x)
+        rep = Bench(Path(args.out), args.quick, sizes).run([x for x in args.only.split(",") if x])
         text = table(rep)
         print(text)
         Path(args.out).with_suffix(".md").write_text(text)

@@ -101,12 +101,13 @@ class TandemServer:
         self.metrics_port = 0
         self._metrics_http = None
         self._monitor: asyncio.Task | None = None
+        self._preload: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
         await load_models(rt)
-        rt.store = Store(cfg.milvus_uri, cfg.milvus_token)
+        rt.store = Store(cfg.milvus_uri, cfg.milvus_token, engine_nice=cfg.engine_nice)
         if rt.store.embedded and cfg.seal_quiet_seconds > 0:
             rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
             rt.sealer.start()
@@ -149,9 +150,19 @@ class TandemServer:
         await self.server.start()
         await self.health.set("", SERVING)
         self._monitor = asyncio.create_task(self._watch_store())
+        # Open (load) every collection now, in the background: the engine loads one lazily on first access,
+        # which takes about 19 s at 300k documents, and the first user query should not pay for it.
+        self._preload = asyncio.create_task(asyncio.to_thread(self._load_collections))
         log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s)",
                  addr if cfg.port else f"{cfg.host}:{self.port}", " with TLS" if creds else "",
                  self.metrics_port, rt.store.kind, ", ".join(rt.rerankers) or "NONE (recall-only)")
+
+    def _load_collections(self) -> None:
+        try:
+            names = self.rt.store.list()  # describing a collection loads it
+            log.info("collections loaded: %s", ", ".join(names) or "none")
+        except ServiceError as exc:
+            log.warning("loading collections at start failed (%s); they load on first use", exc.message)
 
     async def _warmup(self) -> None:
         for b in [*self.rt.rerankers.values(), *self.rt.embedders.values()]:

@@ -44,6 +44,8 @@ class Config:
     milvus_uri: str = _f("./data/tandem.db", "embedded Milvus data file (*.db), or http://host:19530 for Milvus "
                                              "Standalone/Distributed")
     milvus_token: str = _f("", "Milvus token (user:password or API key)", secret=True)
+    engine_nice: int = _f(10, "embedded Milvus: niceness added to its child process, so that on a saturated CPU "
+                              "model work runs before search work (0 = same priority)")
     seal_quiet_seconds: float = _f(1.0, "embedded Milvus: seal a collection once its writes have been quiet this "
                                         "long (0 = never; a Milvus server seals by itself)")
     seal_max_rows: int = _f(10000, "embedded Milvus: seal at once when this many written rows are unsealed")

@@ -37,9 +37,6 @@ class Sealer:
         metrics.STORE_UNSEALED_ROWS.inc(rows)
         self._wake.set()
 
-    def pending(self, collection: str) -> int:
-        return self._pending.get(collection, [0])[0]
-
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sealer")
 

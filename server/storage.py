@@ -146,12 +146,12 @@ def _index_rejected(exc: MilvusException) -> bool:
 
 
 class Store:
-    def __init__(self, uri: str, token: str = "", timeout: float = 30.0):
+    def __init__(self, uri: str, token: str = "", timeout: float = 30.0, engine_nice: int = 0):
         self.uri, self.token, self.timeout = uri, token, timeout
         self.embedded = is_lite(uri)
         self.kind = "milvus-lite" if self.embedded else "milvus"
         # milvus-lite 2.x runs as Tandem's supervised child; 3.x runs inside pymilvus (no child to supervise).
-        self.engine = EmbeddedMilvus(uri) if self.embedded and child_engine_available() else None
+        self.engine = EmbeddedMilvus(uri, nice=engine_nice) if self.embedded and child_engine_available() else None
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._meta: dict[str, CollectionMeta] = {}
