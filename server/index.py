@@ -71,12 +71,12 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
     async def Upsert(self, request, context):
         start = self.rt.clock()
         name, rows, stats = await self._upsert(request.collection, request.documents, context)
-        n = await self._store(self.rt.store.upsert, name, rows)
-        self.rt.wrote(name, n)
+        n = await self._write(name, rows)
         call_timings().update(queue_seconds=stats.queue_seconds, inference_seconds=stats.inference_seconds)
         return index_pb2.UpsertResponse(upserted=n, usage=usage(stats, self.rt.clock() - start))
 
     async def _write(self, name: str, rows: list[dict]) -> int:
+        """Store one acknowledged batch and tell the sealer."""
         n = await self._store(self.rt.store.upsert, name, rows)
         self.rt.wrote(name, n)
         return n

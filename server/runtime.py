@@ -24,11 +24,6 @@ class Runtime:
     recall: Batcher | None = None
     store: object | None = None  # server.storage.Store
     sealer: object | None = None  # server.sealer.Sealer, for an embedded store
-
-    def wrote(self, collection: str, rows: int) -> None:
-        """An acknowledged write: let the sealer know (a no-op against a Milvus server)."""
-        if self.sealer is not None:
-            self.sealer.wrote(collection, rows)
     reranker_missing: str = ""  # why the server runs recall-only, when it does
     health: object | None = None
 
@@ -40,6 +35,11 @@ class Runtime:
         """The call's deadline as an absolute loop time, or None."""
         remaining = context.time_remaining()
         return None if remaining is None else self.clock() + remaining
+
+    def wrote(self, collection: str, rows: int) -> None:
+        """An acknowledged write: let the sealer know (a no-op against a Milvus server)."""
+        if self.sealer is not None:
+            self.sealer.wrote(collection, rows)
 
     def reranker_batcher(self, model: str = "") -> Batcher:
         if not self.rerankers:

@@ -129,14 +129,15 @@ def is_lite(uri: str) -> bool:
 
 
 def _record(props: dict, description: str) -> dict | None:
-    if _EMBEDDER in props:
-        return {"embedder": props[_EMBEDDER], "dimension": int(props[_DIMENSION]),
-                "language": props.get(_LANGUAGE, "standard")}
+    """The collection's record: the schema description holds all of it (v0.2); v0.1 wrote only properties."""
     if description.startswith(_RECORD):
         try:
             return json.loads(description[len(_RECORD):])
         except ValueError:
             return None
+    if _EMBEDDER in props:
+        return {"embedder": props[_EMBEDDER], "dimension": int(props[_DIMENSION]),
+                "language": props.get(_LANGUAGE, "standard")}
     return None
 
 
