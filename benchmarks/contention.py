@@ -1,0 +1,77 @@
+"""What a little CPU taken from the OpenMP team costs a 2-core model call: the bound on served tiny requests.
+
+    python -m benchmarks.contention
+
+A served Rerank shares the cores with the event loop that answers the RPCs and, on one machine, with the
+load generator: together about 0.15 of a core at 300 one-title requests/s (per-thread CPU from /proc during
+`tandem bench --only s10`). This times raw batch-16 title scoring in turns alone and beside a co-runner
+process that spins for a given share of one core in 2 ms periods, so the price of that share is measured
+on the same model and pairs as scenario 10's raw figure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.checkpoints import minilm_cross_encoder
+from tests.serverproc import REPO
+
+SPIN = """
+import sys, time
+duty, period = float(sys.argv[1]), 0.002
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < period * duty:
+        pass
+    time.sleep(period * (1 - duty))
+"""
+
+
+def main(duties=(0.0, 0.075, 0.15), rounds: int = 4, batch: int = 16) -> dict:
+    from server.models import load_reranker
+    from server.precision import Precision, choose
+
+    data = REPO / "datasets" / "cranfield"
+    titles = [t for t in (json.loads(x)["title"] for x in (data / "corpus.jsonl").read_text().splitlines()) if t]
+    queries = [json.loads(x)["text"] for x in (data / "queries.jsonl").read_text().splitlines()]
+    pairs = [(queries[i % len(queries)], titles[i % len(titles)]) for i in range(256)]
+    precision = choose("auto", "cpu")
+    model = load_reranker(minilm_cross_encoder(Path(tempfile.mkdtemp(prefix="tandem-cont-")) / "ce"), "cpu",
+                          False, Precision(precision.name, "bench"))
+
+    def rate() -> float:
+        t = time.perf_counter()
+        for _ in range(3):
+            for i in range(0, len(pairs), batch):
+                model.run(pairs[i:i + batch])
+        return 3 * len(pairs) / (time.perf_counter() - t)
+
+    rate()
+    runs: dict[float, list[float]] = {d: [] for d in duties}
+    for _ in range(rounds):
+        for d in duties:
+            spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(d)]) if d else None
+            time.sleep(0.3)
+            try:
+                runs[d].append(rate())
+            finally:
+                if spinner:
+                    spinner.kill()
+                    spinner.wait()
+    alone = runs[duties[0]]
+    return {"precision": precision.name, "batch": batch,
+            "pairs_per_s": {str(d): statistics.median(v) for d, v in runs.items()},
+            "ratio_vs_alone": {str(d): statistics.median(x / y for x, y in zip(v, alone)) for d, v in runs.items()}}
+
+
+if __name__ == "__main__":
+    r = main()
+    print(json.dumps(r, indent=2))
+    for d, ratio in r["ratio_vs_alone"].items():
+        print(f"co-runner at {float(d):.3f} of a core: {r['pairs_per_s'][d]:.0f} pairs/s, {ratio:.3f}x alone")
