@@ -9,7 +9,8 @@ Scenarios (each measured after warm-up; the load generator is a separate process
      1 and 16 clients, per-query recall cost with recall batching on and off;
   5. ingest: UpsertStream docs/s against raw bi-encoder encode docs/s;
   6-8. the store: write path, scaling to 300k documents, isolation under search load (benchmarks/store.py);
-  9-10. precision and backend: raw speed and agreement, then served (benchmarks/precision.py).
+  9-10. precision and backend: raw speed and agreement, then served (benchmarks/precision.py);
+  11-12. several models: two rerankers on one device, and a rerank cascade (benchmarks/models.py).
 
 The reranker is a MiniLM-L6-shaped cross-encoder built from the bundled encoder with a seeded head
 (the size of cross-encoder/ms-marco-MiniLM-L6-v2). Its scores mean nothing; its compute cost is real.
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import models as model_scenarios
 from benchmarks import precision as precision_scenarios
 from benchmarks import store as store_scenarios
 from tests.checkpoints import bundled_encoder, minilm_cross_encoder
@@ -332,9 +334,16 @@ class Bench:
     def s10_precision_served(self):
         precision_scenarios.s10_precision_served(self)
 
+    def s11_two_rerankers(self):
+        model_scenarios.s11_two_rerankers(self)
+
+    def s12_cascade(self):
+        model_scenarios.s12_cascade(self)
+
     def run(self, only: list[str]):
         for name in ("s1_throughput", "s2_batching_gain", "s3_latency", "s4_search", "s5_ingest", "s6_write_path",
-                     "s7_scaling", "s8_isolation", "s9_precision_raw", "s10_precision_served"):
+                     "s7_scaling", "s8_isolation", "s9_precision_raw", "s10_precision_served", "s11_two_rerankers",
+                     "s12_cascade"):
             if not only or name.split("_")[0] in only:
                 t = time.perf_counter()
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -401,6 +410,7 @@ def table(rep: dict) -> str:
                 ", ".join(f"{k}: {v:.1f}" for k, v in x["raw_docs_per_s_by_batch"].items()), ""]
     out += store_scenarios.table(s)
     out += precision_scenarios.table(s)
+    out += model_scenarios.table(s)
     return "\n".join(out)
 
 

@@ -4,6 +4,7 @@ reflection, metrics endpoint, and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from pathlib import Path
@@ -13,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import metrics, precision
-from server.config import Config
+from server.config import Config, ModelSpec
 from server.embed import EmbedService
 from server.errors import ServiceError
 from server.index import IndexService
@@ -60,35 +61,48 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
 
 
 async def load_models(rt: Runtime) -> None:
+    """Every --embedder and --reranker, in order, each with its own batcher on the device's compute thread."""
     cfg = rt.config
     device = pick_device(cfg.device)
     # Both are checked before anything loads, so a bad combination fails at once with what to use.
     emb_prec = precision.choose(cfg.embedder_precision or cfg.precision, device, cfg.backend)
     rr_prec = precision.choose(cfg.reranker_precision or cfg.precision, device, cfg.backend)
-    # Models load and run on their device's one compute thread (see workers/compute.py).
-    pool = compute_pool(device)
+    pool = compute_pool(device)  # models load and run on their device's one compute thread (workers/compute.py)
     loop = asyncio.get_running_loop()
-    emb = await loop.run_in_executor(pool, load_embedder, cfg.embedder, device, cfg.allow_download, emb_prec,
-                                     cfg.backend, cfg.cache_dir)
-    rt.embedders[emb.name] = Batcher("embedder", emb, cfg.embed_limits(emb.device.type),
-                                     metrics.BatcherMetrics("embedder", cfg.embed_queue_capacity), executor=pool)
+
+    def load(fn, spec: ModelSpec, prec):
+        return loop.run_in_executor(pool, functools.partial(fn, spec.source, device, cfg.allow_download, prec,
+                                                            cfg.backend, cfg.cache_dir, alias=spec.name))
+
+    for spec in cfg.embedders:
+        emb = await load(load_embedder, spec, emb_prec)
+        rt.embedders[spec.name] = Batcher(f"embedder {spec.name}", emb, cfg.embed_limits(emb.device.type),
+                                          metrics.BatcherMetrics("embedder", spec.name, cfg.embed_queue_capacity),
+                                          executor=pool)
+    rt.default_embedder = cfg.embedders[0].name
     if not cfg.reranker_enabled:
         rt.reranker_missing = ("this server runs recall-only (--reranker none); "
                                "restart it with --reranker MODEL to serve Rerank")
         return
-    try:
-        rr = await loop.run_in_executor(pool, load_reranker, cfg.reranker, device, cfg.allow_download, rr_prec,
-                                        cfg.backend, cfg.cache_dir)
-    except ModelNotFound as exc:
-        if cfg.reranker != DEFAULT_RERANKER:
-            raise  # a model the user named must load
-        rt.reranker_missing = (f"no reranker is loaded: the default {DEFAULT_RERANKER} could not be found "
-                               "(offline?). Restart with --reranker /path/to/cross-encoder, or pre-fill "
-                               "the Hugging Face cache.")
-        log.warning("=" * 72 + "\nRECALL-ONLY MODE: %s\n%s\n" + "=" * 72, rt.reranker_missing, exc)
-        return
-    rt.rerankers[rr.name] = Batcher("reranker", rr, cfg.rerank_limits(rr.device.type),
-                                    metrics.BatcherMetrics("reranker", cfg.queue_capacity), executor=pool)
+    for spec in cfg.rerankers:
+        try:
+            rr = await load(load_reranker, spec, rr_prec)
+        except ModelNotFound as exc:
+            if spec.source != DEFAULT_RERANKER:
+                raise  # a model the user named must load
+            # The built-in default is missing (offline): serve without it, recall-only if nothing else loads.
+            rt.reranker_missing = (f"no reranker is loaded: the default {DEFAULT_RERANKER} could not be found "
+                                   "(offline?). Restart with --reranker /path/to/cross-encoder, or pre-fill "
+                                   "the Hugging Face cache.")
+            log.warning("=" * 72 + "\nSKIPPING THE DEFAULT RERANKER: %s\n%s\n" + "=" * 72, rt.reranker_missing, exc)
+            continue
+        rt.rerankers[spec.name] = Batcher(f"reranker {spec.name}", rr, cfg.rerank_limits(rr.device.type),
+                                          metrics.BatcherMetrics("reranker", spec.name, cfg.queue_capacity),
+                                          executor=pool)
+    if rt.rerankers:
+        rt.default_reranker = next(iter(rt.rerankers))
+    else:
+        log.warning("RECALL-ONLY MODE: %s", rt.reranker_missing)
 
 
 class TandemServer:
@@ -112,7 +126,7 @@ class TandemServer:
             rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
             rt.sealer.start()
         rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
-                            metrics.BatcherMetrics("recall", cfg.recall_queue_capacity), passthrough=(ServiceError,))
+                            metrics.BatcherMetrics("recall", "", cfg.recall_queue_capacity), passthrough=(ServiceError,))
         for b in rt.batchers():
             b.start()
             m = b.backend

@@ -17,6 +17,29 @@ from server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 from workers import BatchLimits
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One --reranker/--embedder value: the name clients use, and where the weights come from."""
+
+    name: str
+    source: str  # a local folder or a Hugging Face id
+
+    @classmethod
+    def parse(cls, value: str) -> "ModelSpec":
+        value = value.strip()
+        left, eq, right = value.partition("=")
+        if eq and MODEL_NAME.fullmatch(left):
+            if not right:
+                raise ValueError(f"{value!r}: nothing after '='; use NAME=PATH_OR_HUB_ID")
+            return cls(left, right)
+        if not value:
+            raise ValueError("an empty model name; use NAME=PATH_OR_HUB_ID or PATH_OR_HUB_ID")
+        return cls(value, value)
+
+
 def _f(default, help: str, secret: bool = False):
     return field(default=default, repr=not secret, metadata={"help": help, "secret": secret})
 
@@ -29,8 +52,11 @@ class Config:
     metrics_host: str = _f("0.0.0.0", "bind address of the Prometheus /metrics endpoint")
     metrics_port: int = _f(9100, "Prometheus /metrics port (0 picks a free one, -1 disables)")
     # models
-    reranker: str = _f(DEFAULT_RERANKER, "cross-encoder: Hugging Face id or local folder; 'none' = recall-only")
-    embedder: str = _f(DEFAULT_EMBEDDER, "bi-encoder for collections and Embed: Hugging Face id or local folder")
+    reranker: tuple = _f((DEFAULT_RERANKER,), "cross-encoder, as NAME=PATH_OR_HUB_ID or PATH_OR_HUB_ID (named "
+                                               "after itself); repeat for several, the first is the default "
+                                               "(env: comma-separated); 'none' = recall-only")
+    embedder: tuple = _f((DEFAULT_EMBEDDER,), "bi-encoder for collections and Embed, in the same forms as "
+                                               "--reranker; repeat for several, the first is the default")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _f("auto", "auto | fp32 | bf16 | fp16 | int8 for both models; auto = fp16 on CUDA, bf16 on a "
                                 "CPU with native bf16 (AVX512_BF16/AMX), else fp32")
@@ -95,9 +121,29 @@ class Config:
 
     @property
     def reranker_enabled(self) -> bool:
-        return self.reranker.lower() not in ("", "none")
+        return bool(self.rerankers)
+
+    @property
+    def rerankers(self) -> list[ModelSpec]:
+        if [x.lower() for x in self.reranker] in ([], ["none"], [""]):
+            return []
+        return [ModelSpec.parse(x) for x in self.reranker]
+
+    @property
+    def embedders(self) -> list[ModelSpec]:
+        return [ModelSpec.parse(x) for x in self.embedder]
 
     def validate(self) -> None:
+        if not self.embedder:
+            raise ValueError("at least one --embedder is needed")
+        if len(self.reranker) > 1 and any(x.lower() == "none" for x in self.reranker):
+            raise ValueError("--reranker none (recall-only) cannot be combined with other rerankers")
+        for flag, specs in (("--reranker", self.rerankers), ("--embedder", self.embedders)):
+            names = [m.name for m in specs]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{flag}: the name {twice[0]!r} is given more than once; give each model its own "
+                                 f"name with NAME=PATH_OR_HUB_ID")
         if self.max_batch_tokens < 0 or self.embed_max_batch_tokens < 0:
             raise ValueError("max_batch_tokens and embed_max_batch_tokens must be 0 (auto) or positive")
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
@@ -150,6 +196,10 @@ def _parse_bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
+def _parse_list(v: str) -> tuple:
+    return tuple(x.strip() for x in v.split(",") if x.strip())
+
+
 def env_name(field_name: str) -> str:
     return "TANDEM_" + field_name.upper()
 
@@ -160,6 +210,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
         env = env_name(f.name)
+        if f.type == "tuple":  # repeatable
+            parser.add_argument(flag, action="append", default=None, help=f"{f.metadata['help']} (default "
+                                f"{','.join(f.default)}); env {env}")
+            continue
         default = "" if f.metadata.get("secret") else f" (default {f.default!r})"
         help_ = f"{f.metadata['help']}{default}; env {env}"
         if kind is _parse_bool:
@@ -172,8 +226,10 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict | None = 
     environ = os.environ if environ is None else environ
     values = {}
     for f in fields(Config):
-        kind = {"bool": _parse_bool, "int": int, "float": float}.get(str(f.type), str)
+        kind = {"bool": _parse_bool, "int": int, "float": float, "tuple": _parse_list}.get(str(f.type), str)
         raw = getattr(args, f.name, None) if args is not None else None
+        if isinstance(raw, list):
+            raw = tuple(raw)
         if raw is None and env_name(f.name) in environ:
             try:
                 raw = kind(environ[env_name(f.name)])

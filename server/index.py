@@ -62,7 +62,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
             validation.text(f"{at}.text", d.text, max_bytes)
             rows.append({"id": d.id, "text": d.text, "metadata": metadata_to_dict(d.metadata, at)})
         meta = rt.store.cached_meta(name) or await self._store(rt.store.meta, name)
-        vectors, stats = await rt.embedder_batcher(meta.embedder).submit(
+        vectors, stats = await rt.collection_embedder(meta).submit(
             [r["text"] for r in rows], deadline=rt.deadline(context))
         for r, v in zip(rows, vectors):
             r["dense"] = v.tolist()

@@ -22,7 +22,7 @@ def model_infos(rt: Runtime) -> list[common_pb2.ModelInfo]:
         out.append(common_pb2.ModelInfo(
             name=m.name, kind=m.kind, device=str(m.device), max_seq_length=m.max_length,
             source=m.source, dimension=getattr(m, "dimension", 0), dtype=m.dtype, precision=m.precision,
-            backend=m.backend,
+            backend=m.backend, parameter_bytes=getattr(m, "parameter_bytes", 0),
         ))
     return out
 
@@ -49,7 +49,7 @@ class InfoService(info_pb2_grpc.InfoServiceServicer):
                 max_recall_k=c.max_recall_k,
                 max_wait_ms=c.max_wait_ms,
             ),
-            default_reranker=c.reranker if self.rt.rerankers else "",
-            default_embedder=c.embedder,
+            default_reranker=self.rt.default_reranker,
+            default_embedder=self.rt.default_embedder,
             storage=getattr(store, "kind", ""),
         )

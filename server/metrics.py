@@ -2,7 +2,8 @@
 
 Names follow Prometheus conventions: `tandem_` prefix, base units (seconds),
 `_total` counters. Labels are closed sets (gRPC method, status code, stage,
-worker, reason, model info): no user-supplied string ever becomes a label.
+worker, reason, and `model`: the names of the models loaded at start, empty
+for the recall worker): no user-supplied string ever becomes a label.
 """
 
 from __future__ import annotations
@@ -21,24 +22,24 @@ REQUESTS = Counter("tandem_requests", "RPCs finished, by method and gRPC status 
 REQUEST_SECONDS = Histogram("tandem_request_duration_seconds", "RPC latency, by method and gRPC status code",
                             ["method", "code"], buckets=SECONDS)
 IN_FLIGHT = Gauge("tandem_requests_in_flight", "RPCs being served now", ["method"])
-STAGE_SECONDS = Histogram("tandem_search_stage_duration_seconds", "Search latency per stage",
-                          ["stage"], buckets=SECONDS)
+STAGE_SECONDS = Histogram("tandem_search_stage_duration_seconds", "Search latency per stage (rerank: all "
+                          "rerank stages of a cascade together)", ["stage"], buckets=SECONDS)
 DEGRADED = Counter("tandem_search_degraded", "Searches answered recall-only although rerank was asked for",
                    ["reason"])
 DEGRADE_REASONS = ("Overloaded", "DeadlineExceeded", "BackendError", "ServiceError")
 for _r in DEGRADE_REASONS:  # export zeros from the start, so rate() and dashboards see the series
     DEGRADED.labels(_r)
 
-QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["worker"])
-QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker"])
+QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["worker", "model"])
+QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker", "model"])
 QUEUE_WAIT = Histogram("tandem_queue_wait_seconds", "Time an item waited in a worker queue",
-                       ["worker"], buckets=SECONDS)
-BATCH_SIZE = Histogram("tandem_batch_size", "Items per model/backend batch", ["worker"], buckets=POW2_ITEMS)
+                       ["worker", "model"], buckets=SECONDS)
+BATCH_SIZE = Histogram("tandem_batch_size", "Items per model/backend batch", ["worker", "model"], buckets=POW2_ITEMS)
 BATCH_TOKENS = Histogram("tandem_batch_tokens", "Padded tokens per batch (longest item x items)",
-                         ["worker"], buckets=POW2_TOKENS)
+                         ["worker", "model"], buckets=POW2_TOKENS)
 BATCH_SECONDS = Histogram("tandem_batch_compute_seconds", "Model/backend time per batch",
-                          ["worker"], buckets=SECONDS)
-DROPPED = Counter("tandem_dropped_items", "Items dropped before compute, by reason", ["worker", "reason"])
+                          ["worker", "model"], buckets=SECONDS)
+DROPPED = Counter("tandem_dropped_items", "Items dropped before compute, by reason", ["worker", "model", "reason"])
 STORE_FLUSH_SECONDS = Histogram("tandem_store_flush_seconds", "Background seals (flushes) of embedded collections",
                                 buckets=SECONDS)
 STORE_UNSEALED_ROWS = Gauge("tandem_store_unsealed_rows", "Acknowledged rows written since their collection's last seal")
@@ -53,14 +54,14 @@ MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)", ["m
 class BatcherMetrics:
     """The batcher's observer: label children are bound once, so each hook is one call."""
 
-    def __init__(self, worker: str, capacity: int):
-        self._depth = QUEUE_DEPTH.labels(worker)
-        self._wait = QUEUE_WAIT.labels(worker)
-        self._size = BATCH_SIZE.labels(worker)
-        self._tokens = BATCH_TOKENS.labels(worker)
-        self._seconds = BATCH_SECONDS.labels(worker)
-        self._dropped = {r: DROPPED.labels(worker, r) for r in ("cancelled", "deadline", "overload")}
-        QUEUE_CAPACITY.labels(worker).set(capacity)
+    def __init__(self, worker: str, model: str, capacity: int):
+        self._depth = QUEUE_DEPTH.labels(worker, model)
+        self._wait = QUEUE_WAIT.labels(worker, model)
+        self._size = BATCH_SIZE.labels(worker, model)
+        self._tokens = BATCH_TOKENS.labels(worker, model)
+        self._seconds = BATCH_SECONDS.labels(worker, model)
+        self._dropped = {r: DROPPED.labels(worker, model, r) for r in ("cancelled", "deadline", "overload")}
+        QUEUE_CAPACITY.labels(worker, model).set(capacity)
         self._depth.set(0)
 
     def queue_depth(self, items: int) -> None:

@@ -109,9 +109,24 @@ def _quiet_transformers() -> None:
 
 
 def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool, precision,
-          backend: str, cache_dir: str):
+          backend: str, cache_dir: str, alias: str):
     _quiet_transformers()
     r = resolve(name, allow_download)
+    check_fits(kind, alias or name, weights_bytes(r.path, precision.name), pick_device(device))
+    try:
+        loaded = _build(kind, model_cls, backend_cls, r, device, precision, backend, cache_dir, alias or name)
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise
+        raise ModelTooLarge(f"{kind} {alias or name} does not fit on {pick_device(device)}: {str(exc).splitlines()[0]}"
+                            " Load fewer or smaller models, a lower --precision, or another --device.") from None
+    log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, alias or name, r.path,
+             r.source, loaded.device, backend, precision.name, precision.reason, loaded.parameter_bytes / 2**20)
+    return loaded
+
+
+def _build(kind, model_cls, backend_cls, r: Resolved, device: str, precision, backend: str, cache_dir: str,
+           name: str):
     model = model_cls(r.path, device=pick_device(device), local_files_only=r.source != "download")
     if backend == "openvino":
         try:
@@ -123,29 +138,72 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
         loaded = cls(model, name, r.source, precision.name, source_path=r.path, cache_dir=cache_dir or None)
     else:
         loaded = backend_cls(model, name, r.source, precision.name)
-    log.info("loaded %s %s from %s (%s) on %s: %s %s (%s)", kind, name, r.path, r.source, model.device, backend,
-             precision.name, precision.reason)
     return loaded
 
 
+# Bytes per weight on the device, by precision; checkpoints are stored in fp32 (4) or half precision (2).
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+
+
+def weights_bytes(path: str, precision: str) -> int:
+    """What a checkpoint's weights will take once loaded at `precision`, from the sizes of its weight files."""
+    def weights(suffixes):  # torch checkpoints only: exported onnx/ and openvino/ copies are not loaded
+        return [f for f in Path(path).rglob("*") if f.suffix in suffixes and f.is_file()
+                and not {"onnx", "openvino"} & {p.lower() for p in f.relative_to(path).parts[:-1]}]
+
+    # A folder may hold the same weights twice (model.safetensors and pytorch_model.bin); the loader prefers the first.
+    stored = sum(f.stat().st_size for f in weights({".safetensors"}) or weights({".bin", ".pt"}))
+    # Assume fp32 storage: the common case, and the larger (safer) estimate.
+    return stored * _BYTES.get(precision, 4) // 4
+
+
+def available_bytes(device: str) -> int | None:
+    """Free memory on the device now: MemAvailable for the CPU, cudaMemGetInfo for a GPU; None if unknown."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class ModelTooLarge(RuntimeError):
+    pass
+
+
+def check_fits(kind: str, name: str, need: int, device: str, available: int | None = None) -> None:
+    """Fail before loading when the weights alone exceed the device's free memory (models already loaded count)."""
+    available = available_bytes(device) if available is None else available
+    if available is not None and need > available:
+        raise ModelTooLarge(
+            f"{kind} {name} needs about {need / 2**30:.2f} GiB for its weights on {device}, but only "
+            f"{available / 2**30:.2f} GiB is free there after the models already loaded. Load fewer or smaller "
+            "models, a lower --precision (bf16, fp16 or int8), or another --device.")
+
+
 def load_reranker(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
-                  cache_dir: str = ""):
+                  cache_dir: str = "", alias: str = ""):
     from sentence_transformers import CrossEncoder
 
     from workers.backends import CrossEncoderBackend
 
     return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download,
-                 precision or _fp32(), backend, cache_dir)
+                 precision or _fp32(), backend, cache_dir, alias)
 
 
 def load_embedder(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
-                  cache_dir: str = ""):
+                  cache_dir: str = "", alias: str = ""):
     from sentence_transformers import SentenceTransformer
 
     from workers.backends import EmbedderBackend
 
     return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download,
-                 precision or _fp32(), backend, cache_dir)
+                 precision or _fp32(), backend, cache_dir, alias)
 
 
 def _fp32():

@@ -24,6 +24,8 @@ class Runtime:
     recall: Batcher | None = None
     store: object | None = None  # server.storage.Store
     sealer: object | None = None  # server.sealer.Sealer, for an embedded store
+    default_reranker: str = ""  # the first loaded --reranker; empty when recall-only
+    default_embedder: str = ""  # the first --embedder
     reranker_missing: str = ""  # why the server runs recall-only, when it does
     health: object | None = None
 
@@ -44,16 +46,34 @@ class Runtime:
     def reranker_batcher(self, model: str = "") -> Batcher:
         if not self.rerankers:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, self.reranker_missing)
-        name = model or self.config.reranker
+        name = model or self.default_reranker
         if name not in self.rerankers:
             raise not_found(f"reranker {name!r} is not loaded; loaded: {', '.join(self.rerankers)}")
         return self.rerankers[name]
 
     def embedder_batcher(self, model: str = "") -> Batcher:
-        name = model or self.config.embedder
+        name = model or self.default_embedder
         if name not in self.embedders:
             raise not_found(f"embedder {name!r} is not loaded; loaded: {', '.join(self.embedders)}")
         return self.embedders[name]
+
+    def collection_embedder(self, meta) -> Batcher:
+        """The embedder a collection was created with; never another one, whose vectors would be wrong."""
+        b = self.embedders.get(meta.embedder)
+        if b is None:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"collection {meta.name!r} was created with embedder {meta.embedder!r} "
+                               f"(dimension {meta.dimension}), which this server has not loaded (loaded: "
+                               f"{', '.join(self.embedders)}). Restart the server with --embedder "
+                               f"{meta.embedder}=PATH_OR_HUB_ID (or --embedder {meta.embedder} when that is "
+                               "its path or Hugging Face id) to write to or search this collection.")
+        if b.backend.dimension != meta.dimension:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"collection {meta.name!r} holds {meta.dimension}-dimensional vectors, but the "
+                               f"loaded embedder {meta.embedder!r} makes {b.backend.dimension}-dimensional ones: "
+                               "the name now points to a different model. Load the model the collection was "
+                               "built with under that name.")
+        return b
 
     def batchers(self) -> list[Batcher]:
         out = [*self.rerankers.values(), *self.embedders.values()]

@@ -14,7 +14,7 @@ from server.filters import compile_filter, compile_predicate
 from server.messages import dict_to_struct, sigmoid
 from server.runtime import Runtime
 from tandem.v1 import search_pb2, search_pb2_grpc
-from workers import BackendError, DeadlineExceeded, Overloaded
+from workers import Batcher, BackendError, DeadlineExceeded, Overloaded
 from workers.recall import RecallQuery
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ Mode = search_pb2.SearchMode
 MODES = {Mode.SEARCH_MODE_UNSPECIFIED: "dense", Mode.SEARCH_MODE_DENSE: "dense",
          Mode.SEARCH_MODE_HYBRID: "hybrid", Mode.SEARCH_MODE_SPARSE: "sparse"}
 DEFAULT_TOP_N, DEFAULT_RECALL_K = 10, 100
+MAX_STAGES = 4
 
 
 def _reserve(remaining: float) -> float:
@@ -51,7 +52,7 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
             raise invalid(f"recall_k is {recall_k}; the limit is {cfg.max_recall_k} (max_recall_k)")
         if top_n > recall_k:
             raise invalid(f"top_n ({top_n}) is larger than recall_k ({recall_k}); raise recall_k or lower top_n")
-        want_rerank = request.rerank if request.HasField("rerank") else True
+        stages = self._stages(request, top_n)
         deadline = rt.deadline(context)
         # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
         cached = rt.store.cached_meta(name)
@@ -63,50 +64,86 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
 
         vector = None
         if mode != "sparse":
-            (vector,), _ = await rt.embedder_batcher(meta.embedder).submit([request.query], deadline=deadline)
+            (vector,), _ = await rt.collection_embedder(meta).submit([request.query], deadline=deadline)
         t1 = rt.clock()
         predicate = compile_predicate(request.filter) if expr else None
         query = RecallQuery(name, mode, expr, recall_k, request.query, vector, predicate)
         (hits,), _ = await rt.recall.submit([query], key=query.key, deadline=deadline)
         t2 = rt.clock()
 
-        scores = [h.score for h in hits]
-        reranked, reason = False, ""
-        if want_rerank and hits:
+        order, scores, reasons, timings = list(range(len(hits))), {}, [], []
+        for k, (model, batcher, keep) in enumerate(stages if hits else []):
+            ts = rt.clock()
             try:
-                scores = await self._rerank(request, hits, deadline)
-                reranked = True
+                if batcher is None:  # recall-only server
+                    raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, rt.reranker_missing)
+                stage_scores = await self._score(batcher, request.query, [hits[i] for i in order], deadline)
+                scores.update(zip(order, stage_scores))
+                order.sort(key=lambda i: -scores[i])  # stable: ties keep the previous stage's order
+                scored = len(stage_scores)
             except (Overloaded, DeadlineExceeded, BackendError, ServiceError) as exc:
                 no_reranker = isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.FAILED_PRECONDITION
                 if request.require_rerank or (isinstance(exc, ServiceError) and not no_reranker):
                     raise
-                reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+                what = f"rerank stage {k + 1} ({model})" if len(stages) > 1 else "rerank"
+                reasons.append(f"{what} skipped: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
                 metrics.DEGRADED.labels(type(exc).__name__).inc()
-                log.debug("search degraded to recall-only: %s", reason)
+                log.debug("search degraded: %s", reasons[-1])
+                scored = 0
+            if keep:
+                del order[keep:]
+            timings.append(search_pb2.RerankStageTiming(model=model, seconds=rt.clock() - ts, scored=scored,
+                                                        skipped=not scored))
         t3 = rt.clock()
 
-        order = sorted(range(len(hits)), key=lambda i: -scores[i]) if reranked else range(len(hits))
+        reranked = bool(scores)
         out = [
             search_pb2.SearchHit(id=hits[i].id, text=hits[i].text, metadata=dict_to_struct(hits[i].metadata),
-                                 score=scores[i], recall_score=hits[i].score, recall_rank=i)
-            for i in list(order)[:top_n]
+                                 score=scores[i] if reranked else hits[i].score, recall_score=hits[i].score,
+                                 recall_rank=i)
+            for i in order[:top_n]
         ]
         self._stage["embed"].observe(t1 - t0)
         self._stage["recall"].observe(t2 - t1)
-        if want_rerank:
+        if stages:
             self._stage["rerank"].observe(t3 - t2)
         return search_pb2.SearchResponse(
-            hits=out, reranked=reranked, degraded_reason=reason, recalled=len(hits),
+            hits=out, reranked=reranked, degraded_reason="; ".join(reasons), recalled=len(hits),
             timings=search_pb2.SearchTimings(embed_seconds=t1 - t0, recall_seconds=t2 - t1,
-                                             rerank_seconds=t3 - t2, total_seconds=rt.clock() - t0),
+                                             rerank_seconds=t3 - t2, total_seconds=rt.clock() - t0,
+                                             rerank_stages=timings),
         )
 
-    async def _rerank(self, request, hits, deadline: float | None) -> list[float]:
-        batcher = self.rt.reranker_batcher(request.reranker)  # FAILED_PRECONDITION when recall-only
+    def _stages(self, request, top_n: int) -> list[tuple[str, Batcher | None, int]]:
+        """The rerank stages asked for, as (model name, batcher, keep); [] when rerank is off.
+
+        Unknown models are NOT_FOUND before any work; on a recall-only server the batcher is None and the
+        stage degrades (or fails, with require_rerank) like a single rerank always has."""
+        want = request.rerank if request.HasField("rerank") else True
+        if request.rerank_stages:
+            if request.reranker:
+                raise invalid("set either reranker (one stage) or rerank_stages (a cascade), not both")
+            if not want:
+                raise invalid("rerank is false but rerank_stages is set; drop one of them")
+            if len(request.rerank_stages) > MAX_STAGES:
+                raise invalid(f"{len(request.rerank_stages)} rerank stages; at most {MAX_STAGES} are allowed")
+            asked = [(s.model, s.keep) for s in request.rerank_stages]
+        elif want:
+            asked = [(request.reranker, 0)]
+        else:
+            return []
+        out = []
+        for k, (model, keep) in enumerate(asked):
+            if keep and keep < top_n:
+                raise invalid(f"rerank_stages[{k}].keep is {keep}, below top_n ({top_n}); keep at least top_n, "
+                              "or 0 to keep every candidate")
+            batcher = self.rt.reranker_batcher(model) if self.rt.rerankers else None
+            out.append((batcher.backend.name if batcher else model or "default", batcher, keep))
+        return out
+
+    async def _score(self, batcher: Batcher, query: str, hits, deadline: float | None) -> list[float]:
         budget = None
         if deadline is not None:
             budget = deadline - _reserve(deadline - self.rt.clock())
-        logits, _ = await batcher.submit([(request.query, h.text) for h in hits], deadline=budget)
+        logits, _ = await batcher.submit([(query, h.text) for h in hits], deadline=budget)
         return [sigmoid(x) for x in logits]
-
-

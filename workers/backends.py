@@ -39,6 +39,23 @@ def set_precision(model, precision: str):
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 
 
+def parameter_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (int8 dynamic quantisation packs its Linear weights
+    outside `parameters()`, so those are counted from the packed params)."""
+    n = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for m in model.modules():
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            w, b = packed._weight_bias()
+            n += w.numel() * w.element_size() + (b.numel() * b.element_size() if b is not None else 0)
+    return n
+
+
+def is_causal_reranker(model) -> bool:
+    """A CrossEncoder over a causal LM, scored by a yes/no logit (Qwen3-Reranker style)."""
+    return any(type(m).__name__ == "LogitScore" for m in model)
+
+
 class _Backend:
     kind = ""
     backend = "torch"
@@ -51,6 +68,7 @@ class _Backend:
         self.source = source
         self.precision = precision
         self.dtype = DTYPES[precision]
+        self.parameter_bytes = parameter_bytes(self.model)
         # A fast tokenizer keeps its truncation/padding settings as mutable state, so two threads must
         # never share one: `measure` gets its own copy for its thread and one for inline use on the loop,
         # and the model thread keeps the model's.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.backends import CrossEncoderBackend, EmbedderBackend
+from workers.backends import CrossEncoderBackend, EmbedderBackend, is_causal_reranker
 
 log = logging.getLogger(__name__)
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -81,6 +81,9 @@ class _OpenVINO:
 class OpenVINOCrossEncoderBackend(_OpenVINO, CrossEncoderBackend):
     def __init__(self, model, name: str, source: str = "", precision: str = "fp32", *, source_path: str = "",
                  cache_dir=None):
+        if is_causal_reranker(model):
+            raise ValueError(f"{name} is a causal-LM reranker; the OpenVINO backend serves sequence-classification "
+                             "cross-encoders only. Serve it with --backend torch.")
         super().__init__(model, name, source, "fp32")  # tokenizers and limits; the torch weights stay fp32
         self._setup(self.model, source_path, precision, cache_dir)
 

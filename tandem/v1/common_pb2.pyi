@@ -21,7 +21,7 @@ class Usage(_message.Message):
     def __init__(self, pairs: _Optional[int] = ..., tokens: _Optional[int] = ..., truncated: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "device", "max_seq_length", "source", "dimension", "dtype", "precision", "backend")
+    __slots__ = ("name", "kind", "device", "max_seq_length", "source", "dimension", "dtype", "precision", "backend", "parameter_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ModelInfo(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     device: str
@@ -40,4 +41,5 @@ class ModelInfo(_message.Message):
     dtype: str
     precision: str
     backend: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., dtype: _Optional[str] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    parameter_bytes: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., dtype: _Optional[str] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., parameter_bytes: _Optional[int] = ...) -> None: ...

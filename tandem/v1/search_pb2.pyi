@@ -21,7 +21,7 @@ SEARCH_MODE_HYBRID: SearchMode
 SEARCH_MODE_SPARSE: SearchMode
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank")
+    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank", "rerank_stages")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class SearchRequest(_message.Message):
     RERANK_FIELD_NUMBER: _ClassVar[int]
     RERANKER_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_RERANK_FIELD_NUMBER: _ClassVar[int]
+    RERANK_STAGES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_n: int
@@ -40,7 +41,16 @@ class SearchRequest(_message.Message):
     rerank: bool
     reranker: str
     require_rerank: bool
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ...) -> None: ...
+    rerank_stages: _containers.RepeatedCompositeFieldContainer[RerankStage]
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ...) -> None: ...
+
+class RerankStage(_message.Message):
+    __slots__ = ("model", "keep")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    keep: int
+    def __init__(self, model: _Optional[str] = ..., keep: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "text", "metadata", "score", "recall_score", "recall_rank")
@@ -59,16 +69,30 @@ class SearchHit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ..., recall_rank: _Optional[int] = ...) -> None: ...
 
 class SearchTimings(_message.Message):
-    __slots__ = ("embed_seconds", "recall_seconds", "rerank_seconds", "total_seconds")
+    __slots__ = ("embed_seconds", "recall_seconds", "rerank_seconds", "total_seconds", "rerank_stages")
     EMBED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RECALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RERANK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RERANK_STAGES_FIELD_NUMBER: _ClassVar[int]
     embed_seconds: float
     recall_seconds: float
     rerank_seconds: float
     total_seconds: float
-    def __init__(self, embed_seconds: _Optional[float] = ..., recall_seconds: _Optional[float] = ..., rerank_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    rerank_stages: _containers.RepeatedCompositeFieldContainer[RerankStageTiming]
+    def __init__(self, embed_seconds: _Optional[float] = ..., recall_seconds: _Optional[float] = ..., rerank_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStageTiming, _Mapping]]] = ...) -> None: ...
+
+class RerankStageTiming(_message.Message):
+    __slots__ = ("model", "seconds", "scored", "skipped")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    seconds: float
+    scored: int
+    skipped: bool
+    def __init__(self, model: _Optional[str] = ..., seconds: _Optional[float] = ..., scored: _Optional[int] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "reranked", "timings", "degraded_reason", "recalled")
