@@ -10,7 +10,8 @@ Scenarios (each measured after warm-up; the load generator is a separate process
   5. ingest: UpsertStream docs/s against raw bi-encoder encode docs/s;
   6-8. the store: write path, scaling to 300k documents, isolation under search load (benchmarks/store.py);
   9-10. precision and backend: raw speed and agreement, then served (benchmarks/precision.py);
-  11-12. several models: two rerankers on one device, and a rerank cascade (benchmarks/models.py).
+  11-12. several models: two rerankers on one device, and a rerank cascade (benchmarks/models.py);
+  13. long documents: nDCG, ingest and Search on chunked collections (benchmarks/chunking.py).
 
 The reranker is a MiniLM-L6-shaped cross-encoder built from the bundled encoder with a seeded head
 (the size of cross-encoder/ms-marco-MiniLM-L6-v2). Its scores mean nothing; its compute cost is real.
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import chunking as chunking_scenarios
 from benchmarks import models as model_scenarios
 from benchmarks import precision as precision_scenarios
 from benchmarks import store as store_scenarios
@@ -340,10 +342,13 @@ class Bench:
     def s12_cascade(self):
         model_scenarios.s12_cascade(self)
 
+    def s13_long_documents(self):
+        chunking_scenarios.s13_long_documents(self)
+
     def run(self, only: list[str]):
         for name in ("s1_throughput", "s2_batching_gain", "s3_latency", "s4_search", "s5_ingest", "s6_write_path",
                      "s7_scaling", "s8_isolation", "s9_precision_raw", "s10_precision_served", "s11_two_rerankers",
-                     "s12_cascade"):
+                     "s12_cascade", "s13_long_documents"):
             if not only or name.split("_")[0] in only:
                 t = time.perf_counter()
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -411,6 +416,7 @@ def table(rep: dict) -> str:
     out += store_scenarios.table(s)
     out += precision_scenarios.table(s)
     out += model_scenarios.table(s)
+    out += chunking_scenarios.table(s)
     return "\n".join(out)
 
 

@@ -94,6 +94,8 @@ class Config:
     max_text_bytes: int = _f(262144, "longest accepted text, in UTF-8 bytes")
     max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message accepted")
     max_recall_k: int = _f(1000, "largest recall_k a Search may ask for")
+    max_windows_per_document: int = _f(64, "Rerank with LONG_DOCUMENTS_CHUNK: most windows one document may split "
+                                           "into")
     max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
     # lifecycle
     grace_seconds: float = _f(15.0, "on SIGTERM, how long in-flight and queued work may take to drain")
@@ -148,7 +150,7 @@ class Config:
             raise ValueError("max_batch_tokens and embed_max_batch_tokens must be 0 (auto) or positive")
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
                     "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
-                    "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests",
+                    "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests", "max_windows_per_document",
                     "seal_max_rows"]
         for name in positive:
             if getattr(self, name) <= 0:

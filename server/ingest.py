@@ -33,14 +33,18 @@ def to_document(row: dict) -> document_pb2.Document:
 
 
 def ingest(target: str, collection: str, corpus: Path, *, batch: int = 64, create: bool = True,
-           progress: bool = True, token: str = "", tls: bool = False, tls_ca: str = "", language: str = "") -> dict:
+           progress: bool = True, token: str = "", tls: bool = False, tls_ca: str = "", language: str = "",
+           chunk_tokens: int = 0, chunk_overlap: int = 0) -> dict:
+    """Create the collection (chunked when chunk_tokens is set) unless it exists, and stream the corpus."""
     total = sum(1 for _ in read_corpus(corpus))
     with channel(target, tls=tls, tls_ca=tls_ca, token=token) as ch:
         stub = index_pb2_grpc.IndexServiceStub(ch)
         if create:
             try:
-                stub.CreateCollection(index_pb2.CreateCollectionRequest(collection=collection, language=language),
-                                      timeout=60)
+                chunking = index_pb2.Chunking(max_tokens=chunk_tokens, overlap_tokens=chunk_overlap) \
+                    if chunk_tokens else None
+                stub.CreateCollection(index_pb2.CreateCollectionRequest(collection=collection, language=language,
+                                                                        chunking=chunking), timeout=60)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
@@ -69,14 +73,17 @@ def ingest(target: str, collection: str, corpus: Path, *, batch: int = 64, creat
         resp = stub.UpsertStream(messages(), timeout=24 * 3600)
         seconds = time.perf_counter() - start
         bar.close()
-    return {"documents": resp.upserted, "messages": resp.requests, "seconds": seconds, "skipped_empty": skipped,
-            "docs_per_second": resp.upserted / seconds if seconds else 0.0}
+    return {"documents": resp.upserted, "passages": resp.passages, "messages": resp.requests, "seconds": seconds,
+            "skipped_empty": skipped, "docs_per_second": resp.upserted / seconds if seconds else 0.0,
+            "passages_per_second": resp.passages / seconds if seconds else 0.0}
 
 
 def _run(args) -> int:
     r = ingest(args.target, args.collection, Path(args.corpus), batch=args.batch,
-               token=args.token, tls=args.tls, tls_ca=args.tls_ca, language=args.language)
-    print(f"ingested {r['documents']} documents in {r['seconds']:.1f}s ({r['docs_per_second']:.1f} docs/s)")
+               token=args.token, tls=args.tls, tls_ca=args.tls_ca, language=args.language,
+               chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap)
+    print(f"ingested {r['documents']} documents ({r['passages']} passages) in {r['seconds']:.1f}s "
+          f"({r['docs_per_second']:.1f} docs/s, {r['passages_per_second']:.1f} passages/s)")
     if r["skipped_empty"]:
         print(f"skipped {len(r['skipped_empty'])} documents with no text: {', '.join(r['skipped_empty'][:10])}")
     return 0
@@ -95,6 +102,10 @@ def add_parser(sub) -> None:
     p.add_argument("--collection", required=True)
     p.add_argument("--batch", type=int, default=64, help="documents per stream message")
     p.add_argument("--language", default="", help="BM25 analyzer of a new collection (default english)")
+    p.add_argument("--chunk-tokens", type=int, default=0,
+                   help="create a chunked collection: passages of at most N embedder tokens (default: one row "
+                        "per document)")
+    p.add_argument("--chunk-overlap", type=int, default=0, help="tokens each passage overlaps the previous by")
     add_client_flags(p)
 
     def run(args):

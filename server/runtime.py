@@ -27,6 +27,7 @@ class Runtime:
     default_reranker: str = ""  # the first loaded --reranker; empty when recall-only
     default_embedder: str = ""  # the first --embedder
     reranker_missing: str = ""  # why the server runs recall-only, when it does
+    splitters: dict = field(default_factory=dict)  # model name -> server.chunking.Splitter
     health: object | None = None
 
     @staticmethod
@@ -74,6 +75,15 @@ class Runtime:
                                "the name now points to a different model. Load the model the collection was "
                                "built with under that name.")
         return b
+
+    def splitter(self, batcher: Batcher):
+        """A Splitter over the model's own tokenizer, so windows are counted as the model counts them."""
+        from server.chunking import Splitter
+
+        name = batcher.backend.name
+        if name not in self.splitters:
+            self.splitters[name] = Splitter(batcher.backend.model.tokenizer)
+        return self.splitters[name]
 
     def batchers(self) -> list[Batcher]:
         out = [*self.rerankers.values(), *self.embedders.values()]

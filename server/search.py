@@ -97,12 +97,21 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         t3 = rt.clock()
 
         reranked = bool(scores)
-        out = [
-            search_pb2.SearchHit(id=hits[i].id, text=hits[i].text, metadata=dict_to_struct(hits[i].metadata),
-                                 score=scores[i] if reranked else hits[i].score, recall_score=hits[i].score,
-                                 recall_rank=i)
-            for i in order[:top_n]
-        ]
+        best = order[:top_n]
+        texts = {}
+        if meta.chunking and not request.exclude_text and best:  # the documents' whole texts, from their passages
+            texts = await asyncio.to_thread(rt.store.documents_text, name, [hits[i].id for i in best])
+        out = []
+        for i in best:
+            h = hits[i]
+            hit = search_pb2.SearchHit(id=h.id, metadata=dict_to_struct(h.metadata), recall_rank=i,
+                                       score=scores[i] if reranked else h.score, recall_score=h.score)
+            if meta.chunking:
+                hit.passage, hit.passage_offset = h.text, h.start
+                hit.text = texts.get(h.id, "")
+            elif not request.exclude_text:
+                hit.text = h.text
+            out.append(hit)
         self._stage["embed"].observe(t1 - t0)
         self._stage["recall"].observe(t2 - t1)
         if stages:

@@ -16,8 +16,15 @@ Schema per collection:
 - `present`   JSON {key path: type} of every non-null metadata value, written by the store. It lets
               filters say "absent" and "not a number" without `not`, which milvus-lite 2.5 lacks
               (see server/filters.py).
-The collection's record (embedder, dimension, language) is JSON in the schema description, which every
-engine keeps, and in collection properties, which Milvus servers keep (v0.1 wrote only those).
+A chunked collection (passage indexing, server/chunking.py) stores one row per passage instead: `id` is
+`<document id>#<n>`, and three more fields say whose passage it is:
+- `doc_id`    VARCHAR, the (encoded) document id, with an INVERTED index where the engine builds one
+- `chunk`     INT32 passage number from 0, and `of`, INT32 the document's passage count
+- `start`     INT64 character offset of the passage in the document
+`text` then holds the passage; the document's text is the join of its passages, so a document may be longer
+than one VARCHAR. Recall groups passages by `doc_id` (Milvus grouping search), one hit per document.
+The collection's record (embedder, dimension, language, chunking) is JSON in the schema description, which
+every engine keeps, and in collection properties, which Milvus servers keep (v0.1 wrote only those).
 
 All methods block; callers run them off the event loop.
 """
@@ -52,9 +59,12 @@ METRIC = "COSINE"
 DENSE_INDEXES = [("HNSW", {"M": 16, "efConstruction": 200}), ("AUTOINDEX", {})]
 RRF_K = 60
 OVERSAMPLE = 4  # unfiltered candidates per wanted hit, before the predicate (see Store.search)
+GROUP_OVERSAMPLE = 4  # passages per wanted document, where the engine cannot group (see Store.search)
 MAX_TOPK = 16384  # Milvus's largest limit
 MAX_TEXT_CHARS = 65535
 OUTPUT = ["text", "metadata"]
+PASSAGE_OUTPUT = ["text", "metadata", "doc_id", "start"]
+MAX_QUERY_ROWS = 16384  # Milvus's largest query window
 _EMBEDDER, _DIMENSION, _LANGUAGE = "tandem.embedder", "tandem.dimension", "tandem.language"
 _RECORD = "tandem:"  # schema description prefix of the collection record
 
@@ -110,6 +120,7 @@ class CollectionMeta:
     index_params: dict = field(default_factory=dict)
     has_presence: bool = False  # v0.1 collections lack the `present` field
     escaped_ids: bool = False  # v0.1 collections store ids as sent
+    chunking: tuple[int, int] | None = None  # (max_tokens, overlap_tokens) of a chunked collection
 
     def search_params(self, limit: int) -> dict:
         params = {"ef": max(limit, 64)} if self.index_type == "HNSW" else {}
@@ -118,10 +129,11 @@ class CollectionMeta:
 
 @dataclass
 class Hit:
-    id: str
-    text: str
+    id: str  # the document's id
+    text: str  # the document's text; in a chunked collection, the passage's
     metadata: dict
     score: float
+    start: int = -1  # chunked collections: the passage's character offset in the document
 
 
 def is_lite(uri: str) -> bool:
@@ -157,6 +169,7 @@ class Store:
         self._lock = threading.Lock()
         self._meta: dict[str, CollectionMeta] = {}
         self._dense_index: int = 0  # first DENSE_INDEXES entry the engine has not rejected
+        self._grouping = True  # the engine groups passages by document in search (see search)
 
     # -- connection ------------------------------------------------------------
 
@@ -226,9 +239,12 @@ class Store:
 
     # -- collections -----------------------------------------------------------
 
-    def create(self, name: str, embedder: str, dimension: int, language: str = "") -> CollectionMeta:
+    def create(self, name: str, embedder: str, dimension: int, language: str = "",
+               chunking: tuple[int, int] | None = None) -> CollectionMeta:
         lang, analyzer_params = analyzer(language)
         record = {"embedder": embedder, "dimension": dimension, "language": lang, "ids": "escaped"}
+        if chunking:
+            record["chunking"] = list(chunking)
 
         def schema():
             s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
@@ -240,6 +256,11 @@ class Store:
             s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             s.add_field("metadata", DataType.JSON)
             s.add_field("present", DataType.JSON)
+            if chunking:
+                s.add_field("doc_id", DataType.VARCHAR, max_length=3 * 512)
+                s.add_field("chunk", DataType.INT32)
+                s.add_field("of", DataType.INT32)
+                s.add_field("start", DataType.INT64)
             s.add_function(Function(name="bm25", function_type=FunctionType.BM25,
                                     input_field_names=["text"], output_field_names=["sparse"]))
             return s
@@ -252,6 +273,8 @@ class Store:
                 ip = c.prepare_index_params()
                 ip.add_index("dense", index_type=index_type, metric_type=METRIC, params=params)
                 ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+                if chunking:
+                    ip.add_index("doc_id", index_type="INVERTED")  # passage lookups by document
                 try:
                     c.create_collection(name, schema=schema(), index_params=ip, consistency_level="Strong",
                                         properties={_EMBEDDER: embedder, _DIMENSION: str(dimension),
@@ -315,15 +338,22 @@ class Store:
                 "pending_index_rows", "state"}
         meta = CollectionMeta(name, record["embedder"], int(record["dimension"]), record.get("language", "standard"),
                               str(idx.get("index_type", "")), {k: str(v) for k, v in idx.items() if k not in skip},
-                              has_presence, record.get("ids") == "escaped")
+                              has_presence, record.get("ids") == "escaped",
+                              tuple(record["chunking"]) if record.get("chunking") else None)
         self._meta[name] = meta
         return meta
 
-    def describe(self, name: str) -> tuple[CollectionMeta, int]:
+    def describe(self, name: str) -> tuple[CollectionMeta, int, int]:
+        """(meta, documents, rows): rows are passages in a chunked collection, documents otherwise."""
         meta = self.meta(name)
-        # count(*) under Strong consistency is exact; collection stats count replaced and deleted rows too.
-        rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"]), name)
-        return meta, int(rows[0]["count(*)"]) if rows else 0
+
+        def count(where: str) -> int:
+            # count(*) under Strong consistency is exact; collection stats count replaced and deleted rows too.
+            rows = self._call(lambda c: c.query(name, filter=where, output_fields=["count(*)"]), name)
+            return int(rows[0]["count(*)"]) if rows else 0
+
+        rows = count("")
+        return meta, count("chunk == 0") if meta.chunking else rows, rows
 
     # -- documents -------------------------------------------------------------
 
@@ -341,9 +371,64 @@ class Store:
         search cost independent of how the rows arrived (see server/sealer.py)."""
         self._call(lambda c: c.flush(name), name)
 
+    def upsert_documents(self, name: str, docs: list[dict]) -> tuple[int, int]:
+        """Chunked collections: write each document's passages, then remove passages left from an earlier,
+        longer version. Returns (documents, passages). A document is complete once this returns; a crash in
+        between leaves stale tail passages of an unacknowledged write, which its retry removes.
+
+        docs: [{"id", "metadata", "passages": [{"text", "start", "dense"}]}]."""
+        present: dict[str, dict] = {}
+        rows = []
+        for d in docs:
+            key = encode_id(d["id"])
+            pres = present.setdefault(key, presence(d.get("metadata") or {}))
+            n = len(d["passages"])
+            rows += [{"id": f"{key}#{k}", "doc_id": key, "chunk": k, "of": n, "start": p["start"], "text": p["text"],
+                      "dense": p["dense"], "metadata": d.get("metadata") or {}, "present": pres}
+                     for k, p in enumerate(d["passages"])]
+        self._call(lambda c: c.upsert(name, rows), name)
+        count = {encode_id(d["id"]): len(d["passages"]) for d in docs}
+        old = self._passages(name, list(count), ["chunk"])
+        stale = [r["id"] for r in old if r["chunk"] >= count[r["doc_id"]]]
+        if stale:
+            self._call(lambda c: c.delete(name, ids=stale), name)
+        return len(docs), len(rows)
+
+    def _passages(self, name: str, keys: list[str], fields: list[str]) -> list[dict]:
+        """Every passage row of these (encoded) document ids."""
+        out = []
+        for i in range(0, len(keys), 256):
+            part = keys[i:i + 256]
+            where = f"doc_id in {json.dumps(part)}"  # encoded ids hold no quote, backslash or control character
+            got = self._call(lambda c: c.query(name, filter=where, output_fields=["id", "doc_id", *fields],
+                                               limit=MAX_QUERY_ROWS), name)
+            if len(got) >= MAX_QUERY_ROWS and len(part) > 1:  # too many passages at once: one document at a time
+                got = [r for k in part for r in self._passages(name, [k], fields)]
+            out += got
+        return out
+
+    def documents_text(self, name: str, ids: list[str]) -> dict[str, str]:
+        """Chunked collections: each document's whole text, joined from its passages."""
+        from server.chunking import join
+
+        by_doc: dict[str, list] = {}
+        for r in self._passages(name, [encode_id(x) for x in ids], ["chunk", "of", "start", "text"]):
+            by_doc.setdefault(r["doc_id"], []).append(r)
+        out = {}
+        for key, rows in by_doc.items():
+            rows.sort(key=lambda r: r["chunk"])
+            # Passages past the first one's count are the tail of an older, longer version whose removal a
+            # crash interrupted (see upsert_documents): not part of the document.
+            out[decode_id(key)] = join([(r["start"], r["text"]) for r in rows if r["chunk"] < rows[0]["of"]])
+        return out
+
     def delete(self, name: str, ids: list[str]) -> None:
-        if self.meta(name).escaped_ids:
+        meta = self.meta(name)
+        if meta.escaped_ids:
             ids = [encode_id(x) for x in ids]
+        if meta.chunking:  # every passage of each document
+            self._call(lambda c: c.delete(name, filter=f"doc_id in {json.dumps(ids)}"), name)
+            return
         self._call(lambda c: c.delete(name, ids=ids), name)
 
     # -- recall ----------------------------------------------------------------
@@ -367,22 +452,48 @@ class Store:
 
         def hits(result, sparse: bool) -> list[list[Hit]]:
             # Milvus Lite 3 reports BM25 as a negative distance
-            return [[Hit(as_sent(h["id"]), h.get("entity", {}).get("text", ""),
-                         h.get("entity", {}).get("metadata") or {},
-                         abs(float(h["distance"])) if sparse else float(h["distance"])) for h in row]
-                    for row in result]
+            def hit(h) -> Hit:
+                e = h.get("entity", {})
+                score = abs(float(h["distance"])) if sparse else float(h["distance"])
+                if meta.chunking:
+                    return Hit(decode_id(e["doc_id"]), e.get("text", ""), e.get("metadata") or {}, score,
+                               int(e["start"]))
+                return Hit(as_sent(h["id"]), e.get("text", ""), e.get("metadata") or {}, score)
+
+            return [[hit(h) for h in row] for row in result]
+
+        def search(c: MilvusClient, data: list, field: str, k: int, where: str, params: dict) -> list[list[Hit]]:
+            if not meta.chunking:
+                return hits(c.search(name, data=data, anns_field=field, limit=k, filter=where,
+                                     output_fields=OUTPUT, search_params=params), field == "sparse")
+            if self._grouping:  # one hit per document: its best passage
+                try:
+                    return hits(c.search(name, data=data, anns_field=field, limit=k, filter=where,
+                                         output_fields=PASSAGE_OUTPUT, search_params=params,
+                                         group_by_field="doc_id"), field == "sparse")
+                except MilvusException as exc:
+                    if "group" not in str(exc).lower():
+                        raise
+                    log.info("the engine has no grouping search (%s); grouping passages in Tandem", exc.message)
+                    self._grouping = False
+            # Without grouping search: widen until k documents are found or the collection is exhausted.
+            wide = k * GROUP_OVERSAMPLE
+            while True:
+                rows = hits(c.search(name, data=data, anns_field=field, limit=min(wide, MAX_TOPK), filter=where,
+                                     output_fields=PASSAGE_OUTPUT, search_params=params), field == "sparse")
+                best = [list({h.id: h for h in reversed(r)}.values())[::-1] for r in rows]  # first hit per doc
+                done = all(len(b) >= k or len(r) < min(wide, MAX_TOPK) for b, r in zip(best, rows))
+                if done or wide >= MAX_TOPK:
+                    return [b[:k] for b in best]
+                wide *= 4
 
         def run(rows: list[int], k: int, where: str) -> dict[str, list[list[Hit]]]:
             def do(c: MilvusClient):
                 out = {}
                 if "dense" in fields:
-                    out["dense"] = hits(c.search(name, data=[vectors[i] for i in rows], anns_field="dense", limit=k,
-                                                 filter=where, output_fields=OUTPUT,
-                                                 search_params=meta.search_params(k)), False)
+                    out["dense"] = search(c, [vectors[i] for i in rows], "dense", k, where, meta.search_params(k))
                 if "sparse" in fields:
-                    out["sparse"] = hits(c.search(name, data=[texts[i] for i in rows], anns_field="sparse", limit=k,
-                                                  filter=where, output_fields=OUTPUT,
-                                                  search_params={"metric_type": "BM25"}), True)
+                    out["sparse"] = search(c, [texts[i] for i in rows], "sparse", k, where, {"metric_type": "BM25"})
                 return out
 
             return self._call(do, name)
@@ -422,7 +533,7 @@ def rrf(rankings: list[list[Hit]], limit: int, k: int = RRF_K) -> list[Hit]:
             if h.id in fused:
                 fused[h.id].score += 1.0 / (k + rank)
             else:
-                fused[h.id] = Hit(h.id, h.text, h.metadata, 1.0 / (k + rank))
+                fused[h.id] = Hit(h.id, h.text, h.metadata, 1.0 / (k + rank), h.start)
     return sorted(fused.values(), key=lambda h: -h.score)[:limit]
 
 

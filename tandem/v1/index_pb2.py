@@ -26,7 +26,7 @@ from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 from tandem.v1 import document_pb2 as tandem_dot_v1_dot_document__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/index.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\x1a\x18tandem/v1/document.proto\"\x8d\x02\n\x0e\x43ollectionInfo\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x04\x12\x10\n\x08\x65mbedder\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x13\n\x0bmetric_type\x18\x06 \x01(\t\x12@\n\x0cindex_params\x18\x07 \x03(\x0b\x32*.tandem.v1.CollectionInfo.IndexParamsEntry\x12\x10\n\x08language\x18\x08 \x01(\t\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x17\x43reateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\"C\n\x18\x43reateCollectionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.tandem.v1.CollectionInfo\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x18\n\x16\x44ropCollectionResponse\"\x18\n\x16ListCollectionsRequest\".\n\x17ListCollectionsResponse\x12\x13\n\x0b\x63ollections\x18\x01 \x03(\t\"/\n\x19\x44\x65scribeCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"E\n\x1a\x44\x65scribeCollectionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.tandem.v1.CollectionInfo\"K\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.tandem.v1.Document\"C\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.tandem.v1.Usage\"Q\n\x13UpsertStreamRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.tandem.v1.Document\"[\n\x14UpsertStreamResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xd0\x04\n\x0cIndexService\x12[\n\x10\x43reateCollection\x12\".tandem.v1.CreateCollectionRequest\x1a#.tandem.v1.CreateCollectionResponse\x12U\n\x0e\x44ropCollection\x12 .tandem.v1.DropCollectionRequest\x1a!.tandem.v1.DropCollectionResponse\x12X\n\x0fListCollections\x12!.tandem.v1.ListCollectionsRequest\x1a\".tandem.v1.ListCollectionsResponse\x12\x61\n\x12\x44\x65scribeCollection\x12$.tandem.v1.DescribeCollectionRequest\x1a%.tandem.v1.DescribeCollectionResponse\x12=\n\x06Upsert\x12\x18.tandem.v1.UpsertRequest\x1a\x19.tandem.v1.UpsertResponse\x12Q\n\x0cUpsertStream\x12\x1e.tandem.v1.UpsertStreamRequest\x1a\x1f.tandem.v1.UpsertStreamResponse(\x01\x12=\n\x06\x44\x65lete\x12\x18.tandem.v1.DeleteRequest\x1a\x19.tandem.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/index.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\x1a\x18tandem/v1/document.proto\"\xd9\x02\n\x0e\x43ollectionInfo\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x04\x12\x10\n\x08\x65mbedder\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nindex_type\x18\x05 \x01(\t\x12\x13\n\x0bmetric_type\x18\x06 \x01(\t\x12@\n\x0cindex_params\x18\x07 \x03(\x0b\x32*.tandem.v1.CollectionInfo.IndexParamsEntry\x12\x10\n\x08language\x18\x08 \x01(\t\x12%\n\x08\x63hunking\x18\t \x01(\x0b\x32\x13.tandem.v1.Chunking\x12\x11\n\tdocuments\x18\n \x01(\x04\x12\x10\n\x08passages\x18\x0b \x01(\x04\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x08\x43hunking\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\r\"x\n\x17\x43reateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12%\n\x08\x63hunking\x18\x04 \x01(\x0b\x32\x13.tandem.v1.Chunking\"C\n\x18\x43reateCollectionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.tandem.v1.CollectionInfo\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x18\n\x16\x44ropCollectionResponse\"\x18\n\x16ListCollectionsRequest\".\n\x17ListCollectionsResponse\x12\x13\n\x0b\x63ollections\x18\x01 \x03(\t\"/\n\x19\x44\x65scribeCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"E\n\x1a\x44\x65scribeCollectionResponse\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.tandem.v1.CollectionInfo\"K\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.tandem.v1.Document\"U\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x10\n\x08passages\x18\x03 \x01(\r\"Q\n\x13UpsertStreamRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\tdocuments\x18\x02 \x03(\x0b\x32\x13.tandem.v1.Document\"m\n\x14UpsertStreamResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x10\n\x08passages\x18\x04 \x01(\x04\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xd0\x04\n\x0cIndexService\x12[\n\x10\x43reateCollection\x12\".tandem.v1.CreateCollectionRequest\x1a#.tandem.v1.CreateCollectionResponse\x12U\n\x0e\x44ropCollection\x12 .tandem.v1.DropCollectionRequest\x1a!.tandem.v1.DropCollectionResponse\x12X\n\x0fListCollections\x12!.tandem.v1.ListCollectionsRequest\x1a\".tandem.v1.ListCollectionsResponse\x12\x61\n\x12\x44\x65scribeCollection\x12$.tandem.v1.DescribeCollectionRequest\x1a%.tandem.v1.DescribeCollectionResponse\x12=\n\x06Upsert\x12\x18.tandem.v1.UpsertRequest\x1a\x19.tandem.v1.UpsertResponse\x12Q\n\x0cUpsertStream\x12\x1e.tandem.v1.UpsertStreamRequest\x1a\x1f.tandem.v1.UpsertStreamResponse(\x01\x12=\n\x06\x44\x65lete\x12\x18.tandem.v1.DeleteRequest\x1a\x19.tandem.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,37 +36,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._loaded_options = None
   _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._serialized_options = b'8\001'
   _globals['_COLLECTIONINFO']._serialized_start=87
-  _globals['_COLLECTIONINFO']._serialized_end=356
-  _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._serialized_start=306
-  _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._serialized_end=356
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=358
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=439
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=441
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=508
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=510
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=553
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=555
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=579
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=581
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=605
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=607
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=653
-  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_start=655
-  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_end=702
-  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_start=704
-  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_end=773
-  _globals['_UPSERTREQUEST']._serialized_start=775
-  _globals['_UPSERTREQUEST']._serialized_end=850
-  _globals['_UPSERTRESPONSE']._serialized_start=852
-  _globals['_UPSERTRESPONSE']._serialized_end=919
-  _globals['_UPSERTSTREAMREQUEST']._serialized_start=921
-  _globals['_UPSERTSTREAMREQUEST']._serialized_end=1002
-  _globals['_UPSERTSTREAMRESPONSE']._serialized_start=1004
-  _globals['_UPSERTSTREAMRESPONSE']._serialized_end=1095
-  _globals['_DELETEREQUEST']._serialized_start=1097
-  _globals['_DELETEREQUEST']._serialized_end=1145
-  _globals['_DELETERESPONSE']._serialized_start=1147
-  _globals['_DELETERESPONSE']._serialized_end=1180
-  _globals['_INDEXSERVICE']._serialized_start=1183
-  _globals['_INDEXSERVICE']._serialized_end=1775
+  _globals['_COLLECTIONINFO']._serialized_end=432
+  _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._serialized_start=382
+  _globals['_COLLECTIONINFO_INDEXPARAMSENTRY']._serialized_end=432
+  _globals['_CHUNKING']._serialized_start=434
+  _globals['_CHUNKING']._serialized_end=488
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=490
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=610
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=612
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=679
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=681
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=724
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=726
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=750
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=752
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=776
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=778
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=824
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_start=826
+  _globals['_DESCRIBECOLLECTIONREQUEST']._serialized_end=873
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_start=875
+  _globals['_DESCRIBECOLLECTIONRESPONSE']._serialized_end=944
+  _globals['_UPSERTREQUEST']._serialized_start=946
+  _globals['_UPSERTREQUEST']._serialized_end=1021
+  _globals['_UPSERTRESPONSE']._serialized_start=1023
+  _globals['_UPSERTRESPONSE']._serialized_end=1108
+  _globals['_UPSERTSTREAMREQUEST']._serialized_start=1110
+  _globals['_UPSERTSTREAMREQUEST']._serialized_end=1191
+  _globals['_UPSERTSTREAMRESPONSE']._serialized_start=1193
+  _globals['_UPSERTSTREAMRESPONSE']._serialized_end=1302
+  _globals['_DELETEREQUEST']._serialized_start=1304
+  _globals['_DELETEREQUEST']._serialized_end=1352
+  _globals['_DELETERESPONSE']._serialized_start=1354
+  _globals['_DELETERESPONSE']._serialized_end=1387
+  _globals['_INDEXSERVICE']._serialized_start=1390
+  _globals['_INDEXSERVICE']._serialized_end=1982
 # @@protoc_insertion_point(module_scope)

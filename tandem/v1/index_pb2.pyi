@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("collection", "row_count", "embedder", "dimension", "index_type", "metric_type", "index_params", "language")
+    __slots__ = ("collection", "row_count", "embedder", "dimension", "index_type", "metric_type", "index_params", "language", "chunking", "documents", "passages")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,9 @@ class CollectionInfo(_message.Message):
     METRIC_TYPE_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     row_count: int
     embedder: str
@@ -33,17 +36,30 @@ class CollectionInfo(_message.Message):
     metric_type: str
     index_params: _containers.ScalarMap[str, str]
     language: str
-    def __init__(self, collection: _Optional[str] = ..., row_count: _Optional[int] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., metric_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., language: _Optional[str] = ...) -> None: ...
+    chunking: Chunking
+    documents: int
+    passages: int
+    def __init__(self, collection: _Optional[str] = ..., row_count: _Optional[int] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., index_type: _Optional[str] = ..., metric_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., language: _Optional[str] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., documents: _Optional[int] = ..., passages: _Optional[int] = ...) -> None: ...
+
+class Chunking(_message.Message):
+    __slots__ = ("max_tokens", "overlap_tokens")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    overlap_tokens: int
+    def __init__(self, max_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection", "embedder", "language")
+    __slots__ = ("collection", "embedder", "language", "chunking")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     collection: str
     embedder: str
     language: str
-    def __init__(self, collection: _Optional[str] = ..., embedder: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
+    chunking: Chunking
+    def __init__(self, collection: _Optional[str] = ..., embedder: _Optional[str] = ..., language: _Optional[str] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("info",)
@@ -92,12 +108,14 @@ class UpsertRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("upserted", "usage")
+    __slots__ = ("upserted", "usage", "passages")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     upserted: int
     usage: _common_pb2.Usage
-    def __init__(self, upserted: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+    passages: int
+    def __init__(self, upserted: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., passages: _Optional[int] = ...) -> None: ...
 
 class UpsertStreamRequest(_message.Message):
     __slots__ = ("collection", "documents")
@@ -108,14 +126,16 @@ class UpsertStreamRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[_document_pb2.Document, _Mapping]]] = ...) -> None: ...
 
 class UpsertStreamResponse(_message.Message):
-    __slots__ = ("upserted", "requests", "usage")
+    __slots__ = ("upserted", "requests", "usage", "passages")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     upserted: int
     requests: int
     usage: _common_pb2.Usage
-    def __init__(self, upserted: _Optional[int] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+    passages: int
+    def __init__(self, upserted: _Optional[int] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., passages: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

@@ -21,7 +21,7 @@ SEARCH_MODE_HYBRID: SearchMode
 SEARCH_MODE_SPARSE: SearchMode
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank", "rerank_stages")
+    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank", "rerank_stages", "exclude_text")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class SearchRequest(_message.Message):
     RERANKER_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_RERANK_FIELD_NUMBER: _ClassVar[int]
     RERANK_STAGES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_n: int
@@ -42,7 +43,8 @@ class SearchRequest(_message.Message):
     reranker: str
     require_rerank: bool
     rerank_stages: _containers.RepeatedCompositeFieldContainer[RerankStage]
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ...) -> None: ...
+    exclude_text: bool
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ..., exclude_text: _Optional[bool] = ...) -> None: ...
 
 class RerankStage(_message.Message):
     __slots__ = ("model", "keep")
@@ -53,20 +55,24 @@ class RerankStage(_message.Message):
     def __init__(self, model: _Optional[str] = ..., keep: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "text", "metadata", "score", "recall_score", "recall_rank")
+    __slots__ = ("id", "text", "metadata", "score", "recall_score", "recall_rank", "passage", "passage_offset")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RECALL_SCORE_FIELD_NUMBER: _ClassVar[int]
     RECALL_RANK_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     metadata: _struct_pb2.Struct
     score: float
     recall_score: float
     recall_rank: int
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ..., recall_rank: _Optional[int] = ...) -> None: ...
+    passage: str
+    passage_offset: int
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., score: _Optional[float] = ..., recall_score: _Optional[float] = ..., recall_rank: _Optional[int] = ..., passage: _Optional[str] = ..., passage_offset: _Optional[int] = ...) -> None: ...
 
 class SearchTimings(_message.Message):
     __slots__ = ("embed_seconds", "recall_seconds", "rerank_seconds", "total_seconds", "rerank_stages")
