@@ -26,7 +26,7 @@ def s13_long_documents(bench) -> None:
     from sentence_transformers import SentenceTransformer
 
     from server.chunking import Splitter
-    from server.evaluate import score
+    from tandem.evaluate import score
     from server.models import resolve
     from server.precision import choose
     from tandem.v1 import document_pb2, index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc

@@ -45,21 +45,20 @@ def s11_two_rerankers(bench) -> None:
 
 
 def s12_cascade(bench) -> None:
-    from tandem.v1 import index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
+    from tandem.v1 import search_pb2, search_pb2_grpc
 
-    from server.ingest import to_document
+    from tandem import Client
+    from tandem.ingest import to_document
 
     tiny = tiny_cross_encoder(bench.tmp / "tiny-ce")
     srv = bench.server("s12", "--reranker", f"mini={bench.ce_path}", "--reranker", f"tiny={tiny}")
     lat: dict[str, list[float]] = {"mini over 100": [], "tiny over 100, then mini over 20": []}
     stage_s: list[tuple[float, float]] = []
     try:
-        docs = [to_document(r) for r in bench.rows]
+        with Client(srv.target) as c:
+            c.create_collection("cran")
+            c.upsert("cran", [to_document(r) for r in bench.rows])
         with srv.channel() as ch:
-            index = index_pb2_grpc.IndexServiceStub(ch)
-            index.CreateCollection(index_pb2.CreateCollectionRequest(collection="cran"), timeout=60)
-            index.UpsertStream((index_pb2.UpsertStreamRequest(collection="cran", documents=docs[i:i + 64])
-                                for i in range(0, len(docs), 64)), timeout=1800)
             search = search_pb2_grpc.SearchServiceStub(ch)
             forms = {"mini over 100": dict(reranker="mini"),
                      "tiny over 100, then mini over 20": dict(rerank_stages=[

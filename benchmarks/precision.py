@@ -44,7 +44,7 @@ def _agreement(ref: np.ndarray, got: np.ndarray, group: int) -> dict:
 
 
 def s9_precision_raw(bench) -> None:
-    from server.evaluate import load_queries, score
+    from tandem.evaluate import load_queries, score
     from server.models import load_embedder, load_reranker
     from server.precision import Precision
     from tests.checkpoints import bundled_encoder
@@ -104,9 +104,10 @@ def s9_precision_raw(bench) -> None:
 
 
 def s10_precision_served(bench) -> None:
-    from tandem.v1 import index_pb2, index_pb2_grpc, rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc
+    from tandem.v1 import rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc
 
-    from server.ingest import to_document
+    from tandem import Client
+    from tandem.ingest import to_document
     from server.models import load_reranker
     from server.precision import Precision, choose
 
@@ -150,12 +151,9 @@ def s10_precision_served(bench) -> None:
         # Search with rerank of the top 20, one client, on Cranfield.
         docs = [to_document(r) for r in bench.rows]
         for s in servers.values():
-            with s.channel() as ch:
-                index_pb2_grpc.IndexServiceStub(ch).CreateCollection(
-                    index_pb2.CreateCollectionRequest(collection="cran"), timeout=60)
-                index_pb2_grpc.IndexServiceStub(ch).UpsertStream(
-                    (index_pb2.UpsertStreamRequest(collection="cran", documents=docs[i:i + 64])
-                     for i in range(0, len(docs), 64)), timeout=1800)
+            with Client(s.target) as c:
+                c.create_collection("cran")
+                c.upsert("cran", docs)
         lat: dict = {k: [] for k in servers}
         chans = {k: s.channel() for k, s in servers.items()}
         stubs = {k: search_pb2_grpc.SearchServiceStub(c) for k, c in chans.items()}

@@ -23,6 +23,7 @@ server; one served call then one raw call), and ratios are medians of those pair
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -296,7 +297,8 @@ class Bench:
     def s5_ingest(self, n=300):
         from sentence_transformers import SentenceTransformer
 
-        from server.ingest import ingest, to_document
+        from tandem import Client
+        from tandem.ingest import ingest, to_document
 
         docs = [to_document(r) for r in self.rows[:n]]
         texts = [d.text for d in docs]
@@ -311,7 +313,8 @@ class Bench:
         try:
             for i in range(self.repeats):
                 raws.append(self.raw_rate(encode, texts, best_bs))
-                served.append(ingest(srv.target, f"ingest_{i}", corpus, progress=False)["docs_per_second"])
+                with Client(srv.target) as c:
+                    served.append(ingest(c, f"ingest_{i}", corpus, progress=False)["docs_per_second"])
         finally:
             srv.terminate()
         self.report["scenarios"]["5_ingest"] = {
@@ -439,6 +442,7 @@ def add_parser(sub) -> None:
 
 
 if __name__ == "__main__":
-    from server.cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["bench", *sys.argv[1:]])
+    sys.exit(args.fn(args))

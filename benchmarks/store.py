@@ -63,10 +63,11 @@ def _search_json(collection, query, mode, filtered=False, top_n=10, recall_k=100
 def s6_write_path(bench) -> None:
     from google.protobuf import json_format
 
-    from server.ingest import to_document
+    from tandem.ingest import to_document
+    from tandem.messages import document
     from tandem.v1 import index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
 
-    docs = [to_document(r) for r in bench.rows]
+    docs = [document(to_document(r)) for r in bench.rows]
     queries = bench.queries[:100 if not bench.quick else 50]
     out = {}
     for label, extra in (("sealing on (default)", ()), ("sealing off", ("--seal-quiet-seconds", "0"))):

@@ -59,3 +59,19 @@ def load_beir(name: str, limit: int | None = None):
     corpus = [json.loads(x) for x in (root / "corpus.jsonl").read_text().splitlines()[:limit]]
     queries = [json.loads(x) for x in (root / "queries.jsonl").read_text().splitlines()]
     return corpus, queries
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which suites did not run, why, and the one command that enables them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        by_reason.setdefault(reason.removeprefix("Skipped: "), []).append(rep.nodeid)
+    terminalreporter.section("skipped suites")
+    for reason, ids in by_reason.items():
+        terminalreporter.write_line(f"{len(ids)} skipped: {reason}")
+        for nodeid in ids:
+            terminalreporter.write_line(f"    {nodeid}")

@@ -22,7 +22,7 @@ def _rows(name: str) -> list[dict]:
 def cranfield(queries: int | None = None, extra: int = 0) -> tuple[list[dict], dict[str, str], dict]:
     """(documents, queries, qrels): the first `queries` judged queries, the documents judged for them, and
     `extra` unjudged ones as distractors (all of Cranfield when queries is None)."""
-    from server.evaluate import load_queries
+    from tandem.evaluate import load_queries
 
     qs, qrels = load_queries(DATA / "cranfield")
     if queries is not None:

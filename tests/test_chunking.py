@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from server.chunking import Splitter, join, windows
-from server.evaluate import score
+from tandem.evaluate import score
 from tandem.v1 import document_pb2, index_pb2, rerank_pb2, search_pb2
 from tests.checkpoints import bundled_encoder
 from tests.conftest import Stubs

@@ -14,9 +14,9 @@ from tests.serverproc import REPO
 def test_node_client(server, tiny_ce):
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.skip("node is not installed; enable with: sudo apt-get install nodejs npm && make node-setup")
     if not (REPO / "node_modules/@grpc/grpc-js").exists():
-        pytest.skip("node packages are not installed (make node-setup)")
+        pytest.skip("node packages are not installed; enable with: make node-setup")
     r = subprocess.run([node, "examples/node/client.js", server.target, "node_client"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -35,9 +35,9 @@ def test_health_probe_command(server):
     """`tandem health`, the probe the Docker HEALTHCHECK runs."""
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "server.cli", "health", "--target", server.target], cwd=REPO,
+    ok = subprocess.run([sys.executable, "-m", "tandem.cli", "health", "--target", server.target], cwd=REPO,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
-    bad = subprocess.run([sys.executable, "-m", "server.cli", "health", "--target", server.target, "--service",
+    bad = subprocess.run([sys.executable, "-m", "tandem.cli", "health", "--target", server.target, "--service",
                           "no.Such"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stdout

