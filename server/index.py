@@ -26,7 +26,6 @@ class Batch:
 
     meta: object  # server.storage.CollectionMeta
     rows: list[dict]
-    passages: int
 
 
 class IndexService(index_pb2_grpc.IndexServiceServicer):
@@ -98,7 +97,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
             vectors, stats = await embedder.submit([r["text"] for r in rows], deadline=rt.deadline(context))
             for r, v in zip(rows, vectors):
                 r["dense"] = v.tolist()
-            return name, Batch(meta, rows, len(rows)), stats
+            return name, Batch(meta, rows), stats
         splitter = rt.splitter(embedder)
         spans = await asyncio.to_thread(lambda: [splitter.split(r["text"], *meta.chunking) for r in rows])
         texts = [w.of(r["text"]) for r, ws in zip(rows, spans) for w in ws]
@@ -107,7 +106,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
         docs = [{"id": r["id"], "metadata": r["metadata"],
                  "passages": [{"text": t, "start": w.start, "dense": v.tolist()} for w, (t, v) in zip(ws, it)]}
                 for r, ws in zip(rows, spans)]
-        return name, Batch(meta, docs, len(texts)), stats
+        return name, Batch(meta, docs), stats
 
     async def Upsert(self, request, context):
         start = self.rt.clock()

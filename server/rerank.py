@@ -35,11 +35,10 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                 f"top_n is {request.top_n}; it can be at most {cfg.max_documents_per_request} "
                 "(0 returns every document)"
             )
-        chunk = request.long_documents == rerank_pb2.LONG_DOCUMENTS_CHUNK
-        if request.long_documents not in (rerank_pb2.LONG_DOCUMENTS_UNSPECIFIED, rerank_pb2.LONG_DOCUMENTS_TRUNCATE) \
-                and not chunk:
+        if request.long_documents not in rerank_pb2.LongDocuments.values():
             raise invalid(f"long_documents {request.long_documents} is not a LongDocuments value; use "
                           "LONG_DOCUMENTS_TRUNCATE or LONG_DOCUMENTS_CHUNK")
+        chunk = request.long_documents == rerank_pb2.LONG_DOCUMENTS_CHUNK
         docs = request.documents
         if not chunk:
             logits, stats = await batcher.submit([(request.query, d) for d in docs], deadline=rt.deadline(context))

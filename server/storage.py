@@ -17,7 +17,7 @@ Schema per collection:
               filters say "absent" and "not a number" without `not`, which milvus-lite 2.5 lacks
               (see server/filters.py).
 A chunked collection (passage indexing, server/chunking.py) stores one row per passage instead: `id` is
-`<document id>#<n>`, and three more fields say whose passage it is:
+`<document id>#<n>`, and four more fields say whose passage it is:
 - `doc_id`    VARCHAR, the (encoded) document id, with an INVERTED index where the engine builds one
 - `chunk`     INT32 passage number from 0, and `of`, INT32 the document's passage count
 - `start`     INT64 character offset of the passage in the document
@@ -377,17 +377,14 @@ class Store:
         between leaves stale tail passages of an unacknowledged write, which its retry removes.
 
         docs: [{"id", "metadata", "passages": [{"text", "start", "dense"}]}]."""
-        present: dict[str, dict] = {}
-        rows = []
+        rows, count = [], {}
         for d in docs:
-            key = encode_id(d["id"])
-            pres = present.setdefault(key, presence(d.get("metadata") or {}))
-            n = len(d["passages"])
+            key, metadata, n = encode_id(d["id"]), d.get("metadata") or {}, len(d["passages"])
+            count[key], pres = n, presence(metadata)
             rows += [{"id": f"{key}#{k}", "doc_id": key, "chunk": k, "of": n, "start": p["start"], "text": p["text"],
-                      "dense": p["dense"], "metadata": d.get("metadata") or {}, "present": pres}
+                      "dense": p["dense"], "metadata": metadata, "present": pres}
                      for k, p in enumerate(d["passages"])]
         self._call(lambda c: c.upsert(name, rows), name)
-        count = {encode_id(d["id"]): len(d["passages"]) for d in docs}
         old = self._passages(name, list(count), ["chunk"])
         stale = [r["id"] for r in old if r["chunk"] >= count[r["doc_id"]]]
         if stale:
