@@ -3,7 +3,8 @@
     python -m benchmarks.loadgen TARGET WORKLOAD.json --concurrency 16 --seconds 10
 
 WORKLOAD.json: {"rpc": "rerank" | "search", "requests": [<request as JSON>, ...]}. Clients cycle through the
-requests for `seconds` (after `warmup` seconds) and the report (JSON on stdout) has counts and latencies.
+requests for `seconds` (after `warmup` seconds) and the report (JSON on stdout) has counts and latencies, and with
+--metrics-url the server's metrics text at the start and the end of the window.
 """
 
 from __future__ import annotations
@@ -57,9 +58,23 @@ async def main(args) -> dict:
                         for s in stages:
                             stages[s].append(getattr(resp.timings, f"{s}_seconds"))
 
+        async def snapshots():  # the server's own metrics at the window's edges
+            out = []
+            for at in (warm_end, end):
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                out.append(await asyncio.to_thread(_get, args.metrics_url))
+            return out
+
+        snaps = asyncio.ensure_future(snapshots()) if args.metrics_url else None
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
     return {"requests": len(lat), "items": items, "seconds": args.seconds, "latencies": lat, "errors": errors,
-            "stages": stages if rpc == "search" else None}
+            "stages": stages if rpc == "search" else None, "metrics": await snaps if snaps else None}
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(url, timeout=5).read().decode()
 
 
 if __name__ == "__main__":
@@ -69,4 +84,5 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--metrics-url", default="", help="also return the server's /metrics at the window's start and end")
     json.dump(asyncio.run(main(p.parse_args())), sys.stdout)

@@ -6,7 +6,7 @@
      docs/s and exact-search nDCG@10 on Cranfield per variant.
  10. served: default precision (auto) against --precision fp32 (and --backend openvino): Rerank throughput at
      16 clients on passages, ranking agreement of the served scores, Search p50 with rerank of the top 20 at
-     one client, and 1 title x 32 clients against raw best-batch throughput at the same precision.
+     one client. (Tiny requests against raw throughput: scenario 14, benchmarks/passes.py.)
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def s10_precision_served(bench) -> None:
 
     from tandem import Client
     from tandem.ingest import to_document
-    from server.models import load_reranker
-    from server.precision import Precision, choose
+    from server.precision import choose
 
     default = choose("auto", "cpu")
     servers = {"fp32": bench.server("s10-fp32", "--precision", "fp32"),
@@ -168,32 +167,6 @@ def s10_precision_served(bench) -> None:
         out["search_rerank20_p50_s"] = {k: float(np.percentile(v, 50)) for k, v in lat.items()}
         out["search_p50_speedup_vs_fp32"] = {k: out["search_rerank20_p50_s"]["fp32"] / v
                                              for k, v in out["search_rerank20_p50_s"].items() if k != "fp32"}
-
-        # 1 title x 32 clients against raw best-batch titles/s at the same (default) precision.
-        titles = [r["title"] for r in bench.rows if r["title"].strip()]
-        treqs = [{"query": bench.queries[i % len(bench.queries)], "documents": [titles[i % len(titles)]]}
-                 for i in range(256)]
-        raw = load_reranker(bench.ce_path, "cpu", False, Precision(default.name, "bench"))
-        tpairs = [(r["query"], r["documents"][0]) for r in treqs]
-
-        def raw_titles(bs):
-            t = time.perf_counter()
-            for i in range(0, len(tpairs), bs):
-                raw.run(tpairs[i:i + bs])
-            return len(tpairs) / (time.perf_counter() - t)
-
-        raw_titles(32)
-        label = f"auto ({default.name})"
-        ratios, raws, serveds = [], [], []
-        for _ in range(bench.repeats):
-            best = max(raw_titles(bs) for bs in (8, 16, 32))
-            r = bench.load(servers[label].target, "rerank", treqs, 32)
-            ratios.append((r["items"] / r["seconds"]) / best)
-            raws.append(best)
-            serveds.append(r["items"] / r["seconds"])
-        out["titles_32_clients"] = {"raw_best_pairs_per_s": statistics.median(raws),
-                                    "served_pairs_per_s": statistics.median(serveds),
-                                    "ratio": statistics.median(ratios)}
     finally:
         for s in servers.values():
             s.terminate()
@@ -230,7 +203,9 @@ def table(s: dict) -> list[str]:
                 "|---|---|---|---|"]
         out += [f"| {k} | {r['spearman_median']:.5f} | {r['spearman_all']:.5f} | {r['same_top']:.2f} |"
                 for k, r in x["served_agreement_vs_fp32"].items()]
-        t = x["titles_32_clients"]
-        out += ["", f"1 title x 32 clients at {x['default_precision']}: served {t['served_pairs_per_s']:.1f} pairs/s "
-                f"against raw best batch {t['raw_best_pairs_per_s']:.1f}: **{t['ratio']:.2f}x**.", ""]
+        t = x.get("titles_32_clients")  # reports before scenario 14 measured tiny requests here
+        if t:
+            out += ["", f"1 title x 32 clients at {x['default_precision']}: served {t['served_pairs_per_s']:.1f} "
+                    f"pairs/s against raw best batch {t['raw_best_pairs_per_s']:.1f}: **{t['ratio']:.2f}x**."]
+        out.append("")
     return out

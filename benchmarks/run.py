@@ -11,7 +11,8 @@ Scenarios (each measured after warm-up; the load generator is a separate process
   6-8. the store: write path, scaling to 300k documents, isolation under search load (benchmarks/store.py);
   9-10. precision and backend: raw speed and agreement, then served (benchmarks/precision.py);
   11-12. several models: two rerankers on one device, and a rerank cascade (benchmarks/models.py);
-  13. long documents: nDCG, ingest and Search on chunked collections (benchmarks/chunking.py).
+  13. long documents: nDCG, ingest and Search on chunked collections (benchmarks/chunking.py);
+  14. tiny requests and splitting batches by length, against raw throughput (benchmarks/passes.py).
 
 The reranker is a MiniLM-L6-shaped cross-encoder built from the bundled encoder with a seeded head
 (the size of cross-encoder/ms-marco-MiniLM-L6-v2). Its scores mean nothing; its compute cost is real.
@@ -40,6 +41,7 @@ import numpy as np
 
 from benchmarks import chunking as chunking_scenarios
 from benchmarks import models as model_scenarios
+from benchmarks import passes as passes_scenarios
 from benchmarks import precision as precision_scenarios
 from benchmarks import store as store_scenarios
 from tests.checkpoints import bundled_encoder, minilm_cross_encoder
@@ -114,12 +116,14 @@ class Bench:
                 out[label].append(window(srv))
         return out
 
-    def load(self, target, rpc, requests, concurrency, seconds=None) -> dict:
-        """One measured window from the separate load-generator process."""
+    def load(self, target, rpc, requests, concurrency, seconds=None, metrics_url: str = "") -> dict:
+        """One measured window from the separate load-generator process (with the server's metrics at the
+        window's edges when `metrics_url` is given)."""
         wl = self.tmp / f"wl-{rpc}-{len(requests)}-{random.random():.6f}.json"
         wl.write_text(json.dumps({"rpc": rpc, "requests": requests}))
         out = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", target, str(wl), "--concurrency",
-                              str(concurrency), "--seconds", str(seconds or self.seconds), "--warmup", "3"],
+                              str(concurrency), "--seconds", str(seconds or self.seconds), "--warmup", "3",
+                              "--metrics-url", metrics_url],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout
         return json.loads(out)
 
@@ -348,10 +352,13 @@ class Bench:
     def s13_long_documents(self):
         chunking_scenarios.s13_long_documents(self)
 
+    def s14_length_split(self):
+        passes_scenarios.s14_length_split(self)
+
     def run(self, only: list[str]):
         for name in ("s1_throughput", "s2_batching_gain", "s3_latency", "s4_search", "s5_ingest", "s6_write_path",
                      "s7_scaling", "s8_isolation", "s9_precision_raw", "s10_precision_served", "s11_two_rerankers",
-                     "s12_cascade", "s13_long_documents"):
+                     "s12_cascade", "s13_long_documents", "s14_length_split"):
             if not only or name.split("_")[0] in only:
                 t = time.perf_counter()
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -420,6 +427,7 @@ def table(rep: dict) -> str:
     out += precision_scenarios.table(s)
     out += model_scenarios.table(s)
     out += chunking_scenarios.table(s)
+    out += passes_scenarios.table(s)
     return "\n".join(out)
 
 

@@ -167,9 +167,10 @@ class TandemServer:
         # Open (load) every collection now, in the background: the engine loads one lazily on first access,
         # which takes about 19 s at 300k documents, and the first user query should not pay for it.
         self._preload = asyncio.create_task(asyncio.to_thread(self._load_collections))
-        log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s)",
+        log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s, event loop %s)",
                  addr if cfg.port else f"{cfg.host}:{self.port}", " with TLS" if creds else "",
-                 self.metrics_port, rt.store.kind, ", ".join(rt.rerankers) or "NONE (recall-only)")
+                 self.metrics_port, rt.store.kind, ", ".join(rt.rerankers) or "NONE (recall-only)",
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     def _load_collections(self) -> None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -21,7 +20,7 @@ def serve(args) -> int:
         return 2
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run(cfg))
+        config.loop_runner(cfg.event_loop)(run(cfg))
     except Exception as exc:
         from server.models import ModelNotFound
 

@@ -8,6 +8,7 @@ Every field is a flag (`--max-batch-pairs`) and an environment variable
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ from server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
 from workers import BatchLimits
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -81,6 +83,9 @@ class Config:
                                   "0 = auto: 1024 on CPU, 16384 on GPU")
     max_wait_ms: float = _f(0.0, "when the model is idle, wait up to this long for a batch to fill")
     queue_capacity: int = _f(4096, "pairs the reranker queue holds before refusing with RESOURCE_EXHAUSTED")
+    split_by_length: bool = _f(True, "run a batch of mixed lengths as several forward passes of similar length "
+                                     "when the padding saved outweighs a pass's fixed cost (both models; the "
+                                     "costs are measured at load)")
     # embedder batching
     embed_max_batch: int = _f(64, "texts per embedder batch")
     embed_max_batch_tokens: int = _f(0, "padded tokens per embedder batch; 0 = auto: 1024 on CPU, 16384 on GPU")
@@ -98,6 +103,9 @@ class Config:
                                            "into")
     max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
     # lifecycle
+    event_loop: str = _f("auto", "auto | uvloop | asyncio: the server's event loop; auto = uvloop where it is "
+                                 "installed (a dependency on Linux and macOS), which hands batches to and from the "
+                                 "compute thread with less delay than asyncio's own loop")
     grace_seconds: float = _f(15.0, "on SIGTERM, how long in-flight and queued work may take to drain")
     warmup: bool = _f(True, "run one batch through each model at start")
     # security
@@ -111,11 +119,11 @@ class Config:
 
     def rerank_limits(self, device: str = "cpu") -> BatchLimits:
         return BatchLimits(self.max_batch_pairs, batch_tokens(self.max_batch_tokens, device), self.max_wait_ms,
-                           self.queue_capacity)
+                           self.queue_capacity, self.split_by_length)
 
     def embed_limits(self, device: str = "cpu") -> BatchLimits:
         return BatchLimits(self.embed_max_batch, batch_tokens(self.embed_max_batch_tokens, device),
-                           self.max_wait_ms, self.embed_queue_capacity)
+                           self.max_wait_ms, self.embed_queue_capacity, self.split_by_length)
 
     @property
     def recall_limits(self) -> BatchLimits:
@@ -161,6 +169,11 @@ class Config:
             v = getattr(self, name)
             if v and v.lower() not in PRECISIONS:
                 raise ValueError(f"{name} is {v!r}; use one of {', '.join(PRECISIONS)}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop is {self.event_loop!r}; use one of {', '.join(EVENT_LOOPS)}")
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("event_loop is 'uvloop', but uvloop is not installed: pip install uvloop, "
+                             "or use --event-loop asyncio")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend is {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if "://" not in self.milvus_uri:
@@ -187,6 +200,17 @@ def batch_tokens(value: int, device: str) -> int:
     if value:
         return value
     return AUTO_BATCH_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
+
+
+def loop_runner(choice: str):
+    """`run(coroutine)` on the chosen event loop (`auto`: uvloop when installed)."""
+    if choice != "asyncio" and importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        return uvloop.run
+    import asyncio
+
+    return asyncio.run
 
 
 def _parse_bool(v: str) -> bool:
@@ -242,3 +266,19 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict | None = 
     cfg = Config(**values)
     cfg.validate()
     return cfg
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from the fields above: `python -m server.config > table.md`."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Config):
+        default = "" if f.metadata.get("secret") else f"`{f.default!r}`"
+        if f.type == "tuple":
+            default = f"`{','.join(f.default)!r}`"
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{env_name(f.name)}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

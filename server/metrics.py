@@ -34,10 +34,11 @@ QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["w
 QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker", "model"])
 QUEUE_WAIT = Histogram("tandem_queue_wait_seconds", "Time an item waited in a worker queue",
                        ["worker", "model"], buckets=SECONDS)
-BATCH_SIZE = Histogram("tandem_batch_size", "Items per model/backend batch", ["worker", "model"], buckets=POW2_ITEMS)
-BATCH_TOKENS = Histogram("tandem_batch_tokens", "Padded tokens per batch (longest item x items)",
+BATCH_SIZE = Histogram("tandem_batch_size", "Items per model/backend batch (per forward pass, when a batch is "
+                       "split by length)", ["worker", "model"], buckets=POW2_ITEMS)
+BATCH_TOKENS = Histogram("tandem_batch_tokens", "Padded tokens per forward pass (longest item x items)",
                          ["worker", "model"], buckets=POW2_TOKENS)
-BATCH_SECONDS = Histogram("tandem_batch_compute_seconds", "Model/backend time per batch",
+BATCH_SECONDS = Histogram("tandem_batch_compute_seconds", "Model/backend time per forward pass",
                           ["worker", "model"], buckets=SECONDS)
 DROPPED = Counter("tandem_dropped_items", "Items dropped before compute, by reason", ["worker", "model", "reason"])
 STORE_FLUSH_SECONDS = Histogram("tandem_store_flush_seconds", "Background seals (flushes) of embedded collections",

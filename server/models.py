@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers import passes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
@@ -122,6 +124,10 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
                             " Load fewer or smaller models, a lower --precision, or another --device.") from None
     log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, alias or name, r.path,
              r.source, loaded.device, backend, precision.name, precision.reason, loaded.parameter_bytes / 2**20)
+    loaded.pass_cost = c = passes.measure(loaded.run, loaded.measure, *loaded.calibration_batches())
+    log.info("%s %s: a forward pass costs %.2f ms + %.1f us per padded token, so a batch is split where its "
+             "padding would cost more than %.0f tokens", kind, alias or name, c.fixed_seconds * 1e3,
+             c.token_seconds * 1e6, c.overhead_tokens)
     return loaded
 
 

@@ -63,3 +63,27 @@ def test_embedded_data_file_name_is_checked_at_startup(tmp_path):
                         "--milvus-uri", str(tmp_path / "my store.db"), "--port", "0", "--metrics-port", "-1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert r.returncode == 2 and "1-36 characters" in r.stderr
+
+
+def test_readme_configuration_table_is_the_config_dataclass():
+    from server.config import markdown_table
+
+    table = markdown_table()
+    assert table in (REPO / "README.md").read_text(), "README's table is stale: regenerate it with python -m server.config"
+
+
+def test_event_loop_setting(tmp_path):
+    from server import config
+
+    p = __import__("argparse").ArgumentParser()
+    config.add_arguments(p)
+    with pytest.raises(ValueError, match="event_loop is 'tokio'; use one of auto, uvloop, asyncio"):
+        config.from_sources(p.parse_args(["--event-loop", "tokio"]), {})
+    assert config.loop_runner("asyncio") is __import__("asyncio").run
+    assert config.loop_runner("auto").__module__.startswith("uvloop")  # a dependency on this platform
+    s = ServerProcess(tmp_path, "--reranker", "none", "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+                      env={"TANDEM_LOG_LEVEL": "INFO"}).start()
+    try:
+        assert "event loop uvloop" in s.log()
+    finally:
+        s.terminate()

@@ -59,6 +59,7 @@ def is_causal_reranker(model) -> bool:
 class _Backend:
     kind = ""
     backend = "torch"
+    pass_cost = None  # workers.passes.PassCost, measured at load (server/models.py)
 
     def __init__(self, model, name: str, source: str = "", precision: str = "fp32"):
         self.device = model.device
@@ -69,18 +70,39 @@ class _Backend:
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.parameter_bytes = parameter_bytes(self.model)
-        # A fast tokenizer keeps its truncation/padding settings as mutable state, so two threads must
-        # never share one: `measure` gets its own copy for its thread and one for inline use on the loop,
-        # and the model thread keeps the model's.
-        self._tokenizers = {False: copy.deepcopy(model.tokenizer), True: copy.deepcopy(model.tokenizer)}
+        # A tokenizer keeps its truncation/padding settings as mutable state, so two threads must never share
+        # one: `measure` gets its own copy for its thread and one for inline use on the loop, and the model
+        # thread keeps the model's.
+        self._count = {inline: token_counter(model.tokenizer, self.max_length + 1) for inline in (False, True)}
 
     def _lengths(self, first: list[str], second: list[str] | None, inline: bool) -> list[int]:
         # max_length + 1 lets a length above max_length mean "was truncated".
-        enc = self._tokenizers[inline](
-            first, second, truncation=True, max_length=self.max_length + 1,
-            return_attention_mask=False, return_token_type_ids=False,
-        )
+        return self._count[inline](first, second)
+
+
+def token_counter(tokenizer, max_length: int):
+    """`count(first, second=None)`: token lengths of texts or pairs, special tokens included and truncated at
+    `max_length` as the transformers call truncates (longest_first, on the tokenizer's side), from a private
+    copy. A fast tokenizer is counted by its Rust core, configured once: the transformers call costs more than
+    the encoding itself for one short pair, and this runs on the event loop for every small request."""
+    core = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if core is not None and hasattr(core, "encode_batch_fast"):
+        core = copy.deepcopy(core)
+        core.no_padding()
+        core.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
+
+        def count(first, second=None):
+            return [len(e.ids) for e in core.encode_batch_fast(first if second is None else list(zip(first, second)))]
+
+        return count
+    tok = copy.deepcopy(tokenizer)
+
+    def count(first, second=None):
+        enc = tok(first, second, truncation=True, max_length=max_length, return_attention_mask=False,
+                  return_token_type_ids=False)
         return [len(ids) for ids in enc["input_ids"]]
+
+    return count
 
 
 class CrossEncoderBackend(_Backend):
@@ -97,6 +119,10 @@ class CrossEncoderBackend(_Backend):
 
     def measure(self, pairs: Sequence[tuple[str, str]], inline: bool = False) -> list[int]:
         return self._lengths([q for q, _ in pairs], [d for _, d in pairs], inline)
+
+    def calibration_batches(self) -> tuple[list, list]:
+        """One short pair, and 16 pairs of about 32 tokens: the shapes workers.passes.measure times."""
+        return [("a b c d e f", "a b c d e f")], [("a " * 14, "a " * 15)] * 16
 
     @torch.inference_mode()
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -122,6 +148,10 @@ class EmbedderBackend(_Backend):
 
     def measure(self, texts: Sequence[str], inline: bool = False) -> list[int]:
         return self._lengths(list(texts), None, inline)
+
+    def calibration_batches(self) -> tuple[list, list]:
+        """One short text, and 16 texts of about 32 tokens: the shapes workers.passes.measure times."""
+        return ["a b c d e f g h i j k l"], ["a " * 30] * 16
 
     @torch.inference_mode()
     def run(self, texts: Sequence[str]) -> list[np.ndarray]:

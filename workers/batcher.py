@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Protocol, Sequence
 
 from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+from workers import passes
 from workers.queue import BatchQueue, Entry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_wait_ms: float = 0.0
     queue_capacity: int = 4096
+    # Run a batch of mixed lengths as several passes when that costs less (workers/passes.py).
+    split_by_length: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,43 +248,64 @@ class Batcher:
                 continue
             await self._run_batch(batch, now)
 
-    def _timed_run(self, payloads: list[Any]) -> tuple[Sequence[Any], float]:
-        """Compute-thread side. Timed here, because a shared thread may first finish another model's batch."""
-        t0 = time.perf_counter()
-        return self.backend.run(payloads), time.perf_counter() - t0
+    def _passes(self, batch: list[Entry]) -> list[list[Entry]]:
+        """The batch (sorted by length) as the forward passes that cost least (workers/passes.py)."""
+        cost = getattr(self.backend, "pass_cost", None)
+        if not self.limits.split_by_length or cost is None:
+            return [batch]
+        ends = passes.split([e.cost for e in batch], cost.overhead_tokens)
+        return [batch[i:j] for i, j in zip([0, *ends], ends)]
+
+    def _run_passes(self, groups: list[list[Entry]], settle) -> None:
+        """Compute-thread side: the passes back to back, with no trip through the event loop between them.
+        Each is timed here (a shared thread may first finish another model's batch), fails alone, and is
+        handed to `settle` as soon as it is done, so its callers need not wait for the longer passes."""
+        for group in groups:
+            t0 = time.perf_counter()
+            try:
+                result = self.backend.run([e.payload for e in group])
+                if len(result) != len(group):
+                    raise RuntimeError(f"backend returned {len(result)} results for {len(group)} inputs")
+            except Exception as exc:
+                result = exc
+            settle(group, result, time.perf_counter() - t0)
+
+    def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float) -> None:
+        """Loop side: one pass's results (or its failure) to its callers."""
+        self._batches += 1
+        self.observer.batch(len(group), max(e.cost for e in group) * len(group), seconds)
+        if isinstance(results, Exception):  # the pass fails; the worker lives on
+            log.error("%s batch of %d failed", self.name, len(group), exc_info=results)
+            err = results if isinstance(results, self.passthrough) else BackendError(
+                f"{self.name} failed on this batch: {type(results).__name__}: {results}")
+            for e in group:
+                if not e.future.done():
+                    e.future.set_exception(err)
+            return
+        for e, r in zip(group, results):
+            if not e.future.done():
+                e.future.set_result(_Done(r, self._batches, e.dequeued - e.enqueued, seconds))
 
     async def _run_batch(self, batch: list[Entry], now: float) -> None:
-        self._batches += 1
-        batch_id = self._batches
-        waits = [now - e.enqueued for e in batch]
-        self.observer.dequeued(waits)
-        padded = max(e.cost for e in batch) * len(batch)
-        t0 = time.perf_counter()
-        seconds = 0.0
+        for e in batch:
+            e.dequeued = now
+        self.observer.dequeued([now - e.enqueued for e in batch])
+        loop = asyncio.get_running_loop()
+
+        def settle(group, results, seconds):  # compute thread -> loop, in the order the passes ran
+            loop.call_soon_threadsafe(self._settle, group, results, seconds)
+
         try:
-            self._running = self._executor.submit(self._timed_run, [e.payload for e in batch])
+            self._running = self._executor.submit(self._run_passes, self._passes(batch), settle)
             # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.
-            results, seconds = await asyncio.shield(asyncio.wrap_future(self._running))
-            if len(results) != len(batch):
-                raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
+            await asyncio.shield(asyncio.wrap_future(self._running))
         except asyncio.CancelledError:
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
             raise
-        except Exception as exc:  # the batch fails; the worker lives on
-            seconds = time.perf_counter() - t0
-            log.exception("%s batch of %d failed", self.name, len(batch))
-            err = exc if isinstance(exc, self.passthrough) else BackendError(
-                f"{self.name} failed on this batch: {type(exc).__name__}: {exc}")
-            for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(err)
-            return
+        except Exception as exc:  # the compute thread would not take it (shut down)
+            self._settle(batch, exc, 0.0)
         finally:
             if self._running is not None and self._running.done():
                 self._running = None  # a cancelled loop leaves it set: stop() waits for it
-            self.observer.batch(len(batch), padded, seconds)
-        for e, r, w in zip(batch, results, waits):
-            if not e.future.done():
-                e.future.set_result(_Done(r, batch_id, w, seconds))

@@ -24,6 +24,7 @@ class Entry:
     enqueued: float
     deadline: float | None = None
     queued: bool = field(default=True, repr=False)
+    dequeued: float = field(default=0.0, repr=False)  # when a batch took it
 
 
 class BatchQueue:
