@@ -65,6 +65,19 @@ def test_pass_cost_is_measured_from_the_model_at_load(minilm):
         assert 0 < c.overhead_tokens < math.inf
 
 
+def test_measure_recovers_a_known_cost():
+    """A stand-in model whose pass takes 4 ms + 40 us per padded token (the MiniLM-L6 shape on this CPU):
+    the fixed part is worth 100 tokens, and the fit must find it from two shapes."""
+    def run(batch):
+        time.sleep(0.004 + 0.00004 * max(batch) * len(batch))
+
+    c = measure(run, lambda batch: list(batch), [16], list(range(18, 50, 2)))
+    assert 60 < c.overhead_tokens < 160, c
+    assert 0.002 < c.fixed_seconds < 0.008 and 0.00002 < c.token_seconds < 0.00008, c
+    # Cost flat in tokens (a GPU with room): the fixed part outweighs any padding a batch can hold.
+    assert measure(lambda batch: time.sleep(0.003), lambda batch: list(batch), [16], [512] * 4).overhead_tokens > 1000
+
+
 class Passes:
     """The batcher's observer, keeping each forward pass."""
 

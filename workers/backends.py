@@ -121,8 +121,9 @@ class CrossEncoderBackend(_Backend):
         return self._lengths([q for q, _ in pairs], [d for _, d in pairs], inline)
 
     def calibration_batches(self) -> tuple[list, list]:
-        """One short pair, and 16 pairs of about 32 tokens: the shapes workers.passes.measure times."""
-        return [("a b c d e f", "a b c d e f")], [("a " * 14, "a " * 15)] * 16
+        """The shapes workers.passes.measure times: one short pair, and 16 pairs of 18-48 tokens (padded, as
+        served batches are: a batch without padding takes a faster attention path)."""
+        return [("a b c d e f", "a b c d e f")], [("a " * 14, "a " * k) for k in range(1, 33, 2)]
 
     @torch.inference_mode()
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -150,8 +151,9 @@ class EmbedderBackend(_Backend):
         return self._lengths(list(texts), None, inline)
 
     def calibration_batches(self) -> tuple[list, list]:
-        """One short text, and 16 texts of about 32 tokens: the shapes workers.passes.measure times."""
-        return ["a b c d e f g h i j k l"], ["a " * 30] * 16
+        """The shapes workers.passes.measure times: one short text, and 16 texts of 17-47 tokens (padded, as
+        served batches are)."""
+        return ["a b c d e f g h i j k l"], ["a " * k for k in range(15, 47, 2)]
 
     @torch.inference_mode()
     def run(self, texts: Sequence[str]) -> list[np.ndarray]:

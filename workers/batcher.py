@@ -181,7 +181,7 @@ class Batcher:
         else:
             lengths = [1] * len(payloads)
         cap = getattr(self.backend, "max_length", 0) or 0
-        now = loop.time()
+        now = time.perf_counter()  # queue waits: loop.time() is only millisecond-exact on uvloop
         entries = [
             Entry(p, min(n, cap) if cap else n, key, loop.create_future(), now, deadline)
             for p, n in zip(payloads, lengths)
@@ -246,7 +246,7 @@ class Batcher:
             self.observer.queue_depth(len(self.queue))
             if not batch:
                 continue
-            await self._run_batch(batch, now)
+            await self._run_batch(batch)
 
     def _passes(self, batch: list[Entry]) -> list[list[Entry]]:
         """The batch (sorted by length) as the forward passes that cost least (workers/passes.py)."""
@@ -286,7 +286,8 @@ class Batcher:
             if not e.future.done():
                 e.future.set_result(_Done(r, self._batches, e.dequeued - e.enqueued, seconds))
 
-    async def _run_batch(self, batch: list[Entry], now: float) -> None:
+    async def _run_batch(self, batch: list[Entry]) -> None:
+        now = time.perf_counter()
         for e in batch:
             e.dequeued = now
         self.observer.dequeued([now - e.enqueued for e in batch])

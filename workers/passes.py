@@ -11,6 +11,7 @@ per-token part is near zero until the device is full, so a batch stays whole.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -51,21 +52,30 @@ def split(lengths: Sequence[int], overhead_tokens: float) -> list[int]:
     return ends[::-1]
 
 
-def measure(run, measure_lengths, small: list[Any], large: list[Any], repeats: int = 7) -> PassCost:
-    """Fit PassCost from two batch shapes (one short item, many longer ones). The shapes take turns and the
-    fastest run of each counts, so a neighbour that is busy for a while slows both alike or neither; the first
-    run of each shape is a warm-up (kernel selection)."""
+def measure(run, measure_lengths, small: list[Any], large: list[Any], repeats: int = 9) -> PassCost:
+    """Fit PassCost from two batch shapes (one short item; many longer ones), run back to back `repeats` times.
+
+    The split needs only the ratio of the two parts, and that comes from the median ratio of a large pass to
+    the small pass just before it: a neighbour that is busy for a while slows both alike, and a preempted run
+    moves a median little. The fastest small pass then scales it to seconds. Each shape runs once first as a
+    warm-up (kernel selection)."""
     shapes = (small, large)
     tokens = [max(n := measure_lengths(b)) * len(n) for b in shapes]
     for b in shapes:
         run(b)
-    fastest = [math.inf, math.inf]
+    ratios, fastest = [], math.inf
     for _ in range(repeats):
-        for i, b in enumerate(shapes):
+        times = []
+        for b in shapes:
             t = time.perf_counter()
             run(b)
-            fastest[i] = min(fastest[i], time.perf_counter() - t)
-    per_token = (fastest[1] - fastest[0]) / (tokens[1] - tokens[0])
-    if per_token <= 0:  # no cost per token measurable (a GPU with room to spare): never split
-        return PassCost(fastest[0], 0.0)
-    return PassCost(max(0.0, fastest[0] - per_token * tokens[0]), per_token)
+            times.append(time.perf_counter() - t)
+        fastest = min(fastest, times[0])
+        ratios.append(times[1] / times[0])
+    r = statistics.median(ratios)
+    if r <= 1:  # a larger pass costs no more (a GPU with room to spare): never split
+        return PassCost(fastest, 0.0)
+    # t = fixed + per_token x T for both shapes, so fixed / per_token = (T1 - r T0) / (r - 1).
+    overhead = max(0.0, (tokens[1] - r * tokens[0]) / (r - 1))
+    per_token = fastest / (overhead + tokens[0])
+    return PassCost(per_token * overhead, per_token)

@@ -21,10 +21,10 @@ class Entry:
     cost: int
     key: Hashable
     future: asyncio.Future
-    enqueued: float
-    deadline: float | None = None
+    enqueued: float  # time.perf_counter(), for queue waits
+    deadline: float | None = None  # loop.time(), like asyncio's own timeouts
     queued: bool = field(default=True, repr=False)
-    dequeued: float = field(default=0.0, repr=False)  # when a batch took it
+    dequeued: float = field(default=0.0, repr=False)  # when a batch took it (perf_counter)
 
 
 class BatchQueue:
