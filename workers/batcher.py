@@ -133,7 +133,7 @@ class Batcher:
         """Refuse new work, finish what is queued (up to drain_seconds), then stop."""
         self._accepting = False
         deadline = time.monotonic() + drain_seconds
-        while (len(self.queue) or self._running) and time.monotonic() < deadline:
+        while (len(self.queue) or self._computing) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -146,10 +146,14 @@ class Batcher:
             if not e.future.done():
                 e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
         self._measure_pool.shutdown(wait=False, cancel_futures=True)
-        if self._running is not None:  # a batch still on the compute thread: let it finish before we return
+        if self._computing:  # a batch still on the compute thread: let it finish before we return
             await asyncio.wait([asyncio.wrap_future(self._running)])
         if self._owns_executor:
             self._executor.shutdown(wait=True)
+
+    @property
+    def _computing(self) -> bool:
+        return self._running is not None and not self._running.done()
 
     # -- request side ----------------------------------------------------------
 
@@ -260,7 +264,7 @@ class Batcher:
         """Compute-thread side: the passes back to back, with no trip through the event loop between them.
         Each is timed here (a shared thread may first finish another model's batch), fails alone, and is
         handed to `settle` as soon as it is done, so its callers need not wait for the longer passes."""
-        for group in groups:
+        for i, group in enumerate(groups):
             t0 = time.perf_counter()
             try:
                 result = self.backend.run([e.payload for e in group])
@@ -268,10 +272,15 @@ class Batcher:
                     raise RuntimeError(f"backend returned {len(result)} results for {len(group)} inputs")
             except Exception as exc:
                 result = exc
-            settle(group, result, time.perf_counter() - t0)
+            settle(group, result, time.perf_counter() - t0, i == len(groups) - 1)
 
-    def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float) -> None:
-        """Loop side: one pass's results (or its failure) to its callers."""
+    def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float = 0.0,
+                freed: asyncio.Future | None = None) -> None:
+        """Loop side: one pass's results (or its failure) to its callers. After the last pass, `freed` wakes the
+        batching loop first, so the next batch is cut and on the compute thread before the callers' responses
+        are built and sent (those would otherwise leave the model idle)."""
+        if freed is not None and not freed.done():
+            freed.set_result(None)
         self._batches += 1
         self.observer.batch(len(group), max(e.cost for e in group) * len(group), seconds)
         if isinstance(results, Exception):  # the pass fails; the worker lives on
@@ -292,21 +301,28 @@ class Batcher:
             e.dequeued = now
         self.observer.dequeued([now - e.enqueued for e in batch])
         loop = asyncio.get_running_loop()
+        freed = loop.create_future()  # the compute thread is done with this batch
 
-        def settle(group, results, seconds):  # compute thread -> loop, in the order the passes ran
-            loop.call_soon_threadsafe(self._settle, group, results, seconds)
+        def settle(group, results, seconds, last):  # compute thread -> loop, in the order the passes ran
+            loop.call_soon_threadsafe(self._settle, group, results, seconds, freed if last else None)
+
+        def ended(job: Future) -> None:  # a job that died outside its passes must not hang the loop
+            if job.exception() is not None:
+                loop.call_soon_threadsafe(lambda: freed.done() or freed.set_exception(job.exception()))
 
         try:
             self._running = self._executor.submit(self._run_passes, self._passes(batch), settle)
+        except RuntimeError as exc:  # the compute thread is shut down
+            self._settle(batch, exc)
+            return
+        self._running.add_done_callback(ended)
+        try:
             # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.
-            await asyncio.shield(asyncio.wrap_future(self._running))
+            await asyncio.shield(freed)
         except asyncio.CancelledError:
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
             raise
-        except Exception as exc:  # the compute thread would not take it (shut down)
-            self._settle(batch, exc, 0.0)
-        finally:
-            if self._running is not None and self._running.done():
-                self._running = None  # a cancelled loop leaves it set: stop() waits for it
+        except Exception as exc:
+            self._settle(batch, exc)

@@ -4,7 +4,7 @@ A forward pass costs a fixed part (framework dispatch and the thread team's fork
 padded token. A batch pads every item to its longest, so when a few long items share a batch with many short
 ones, two passes can cost less than one. `split` finds the passes that cost least, and `measure` learns the two
 costs from the model itself at load: on a CPU the fixed part is worth tens of tokens (MiniLM-L6 in bf16 on the
-2-core dev VM: about 2.6 ms + 0.04 ms per padded token), so splitting pays on mixed lengths; on a GPU the
+2-core dev VM: about 4 ms + 0.045 ms per padded token), so splitting pays on mixed lengths; on a GPU the
 per-token part is near zero until the device is full, so a batch stays whole.
 """
 
