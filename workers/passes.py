@@ -38,8 +38,8 @@ def split(lengths: Sequence[int], overhead_tokens: float) -> list[int]:
 
     An O(n^2) dynamic programme over the split points; n is at most one batch (tens of items)."""
     n = len(lengths)
-    if n < 2 or math.isinf(overhead_tokens):
-        return [n] if n else []
+    if n < 2 or overhead_tokens >= n * lengths[-1] - sum(lengths):  # the whole batch's padding is worth less
+        return [n] if n else []                                     # than one more pass (always, on a GPU)
     best = [0.0] * (n + 1)
     start = [0] * (n + 1)
     for j in range(1, n + 1):
