@@ -104,8 +104,7 @@ class Config:
     max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
     # lifecycle
     event_loop: str = _f("auto", "auto | uvloop | asyncio: the server's event loop; auto = uvloop where it is "
-                                 "installed (a dependency on Linux and macOS), which hands batches to and from the "
-                                 "compute thread with less delay than asyncio's own loop")
+                                 "installed (a dependency on Linux and macOS)")
     grace_seconds: float = _f(15.0, "on SIGTERM, how long in-flight and queued work may take to drain")
     warmup: bool = _f(True, "run one batch through each model at start")
     # security

@@ -75,13 +75,9 @@ class _Backend:
         # thread keeps the model's.
         self._count = {inline: token_counter(model.tokenizer, self.max_length + 1) for inline in (False, True)}
 
-    def _lengths(self, first: list[str], second: list[str] | None, inline: bool) -> list[int]:
-        # max_length + 1 lets a length above max_length mean "was truncated".
-        return self._count[inline](first, second)
-
 
 def token_counter(tokenizer, max_length: int):
-    """`count(first, second=None)`: token lengths of texts or pairs, special tokens included and truncated at
+    """`count(items)`: token lengths of texts or (text, text) pairs, special tokens included and truncated at
     `max_length` as the transformers call truncates (longest_first, on the tokenizer's side), from a private
     copy. A fast tokenizer is counted by its Rust core, configured once: the transformers call costs more than
     the encoding itself for one short pair, and this runs on the event loop for every small request."""
@@ -90,14 +86,13 @@ def token_counter(tokenizer, max_length: int):
         core = copy.deepcopy(core)
         core.no_padding()
         core.enable_truncation(max_length, strategy="longest_first", direction=tokenizer.truncation_side)
-
-        def count(first, second=None):
-            return [len(e.ids) for e in core.encode_batch_fast(first if second is None else list(zip(first, second)))]
-
-        return count
+        return lambda items: [len(e.ids) for e in core.encode_batch_fast(list(items))]
     tok = copy.deepcopy(tokenizer)
 
-    def count(first, second=None):
+    def count(items):
+        items = list(items)
+        pairs = bool(items) and isinstance(items[0], tuple)
+        first, second = ([a for a, _ in items], [b for _, b in items]) if pairs else (items, None)
         enc = tok(first, second, truncation=True, max_length=max_length, return_attention_mask=False,
                   return_token_type_ids=False)
         return [len(ids) for ids in enc["input_ids"]]
@@ -118,7 +113,8 @@ class CrossEncoderBackend(_Backend):
         super().__init__(model, name, source, precision)
 
     def measure(self, pairs: Sequence[tuple[str, str]], inline: bool = False) -> list[int]:
-        return self._lengths([q for q, _ in pairs], [d for _, d in pairs], inline)
+        # max_length + 1 lets a length above max_length mean "was truncated".
+        return self._count[inline](pairs)
 
     def calibration_batches(self) -> tuple[list, list]:
         """The shapes workers.passes.measure times: one short pair, and 16 pairs of 18-48 tokens (padded, as
@@ -148,7 +144,7 @@ class EmbedderBackend(_Backend):
                              else model.get_sentence_embedding_dimension())
 
     def measure(self, texts: Sequence[str], inline: bool = False) -> list[int]:
-        return self._lengths(list(texts), None, inline)
+        return self._count[inline](texts)
 
     def calibration_batches(self) -> tuple[list, list]:
         """The shapes workers.passes.measure times: one short text, and 16 texts of 17-47 tokens (padded, as

@@ -116,7 +116,7 @@ class Batcher:
         # Model calls run on `executor` (a device's shared compute thread) or, without one, a thread of our own.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
-        self._running: Future | None = None  # the batch on the compute thread, if any
+        self._running: Future | None = None  # the latest batch handed to the compute thread
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -306,23 +306,17 @@ class Batcher:
         def settle(group, results, seconds, last):  # compute thread -> loop, in the order the passes ran
             loop.call_soon_threadsafe(self._settle, group, results, seconds, freed if last else None)
 
-        def ended(job: Future) -> None:  # a job that died outside its passes must not hang the loop
-            if job.exception() is not None:
-                loop.call_soon_threadsafe(lambda: freed.done() or freed.set_exception(job.exception()))
-
         try:
             self._running = self._executor.submit(self._run_passes, self._passes(batch), settle)
         except RuntimeError as exc:  # the compute thread is shut down
             self._settle(batch, exc)
             return
-        self._running.add_done_callback(ended)
         try:
             # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.
+            # `_run_passes` catches every failure per pass, so the last pass always resolves `freed`.
             await asyncio.shield(freed)
         except asyncio.CancelledError:
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(WorkerStopped(f"{self.name} worker stopped"))
             raise
-        except Exception as exc:
-            self._settle(batch, exc)
