@@ -5,6 +5,9 @@
 WORKLOAD.json: {"rpc": "rerank" | "search", "requests": [<request as JSON>, ...]}. Clients cycle through the
 requests for `seconds` (after `warmup` seconds) and the report (JSON on stdout) has counts and latencies, and with
 --metrics-url the server's metrics text at the start and the end of the window.
+
+A TARGET of http://HOST:PORT/PATH posts each request as JSON to PATH instead (a Cohere-style rerank body, for
+peers such as Infinity), over one keep-alive connection per client, so HTTP and gRPC clients cost alike little.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.parse
 
 import grpc
 from google.protobuf import json_format
@@ -21,8 +25,78 @@ from google.protobuf import json_format
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc
 
 
+class _HTTP:
+    """A minimal HTTP/1.1 keep-alive JSON client: one connection, one request at a time."""
+
+    def __init__(self, url: str):
+        u = urllib.parse.urlsplit(url)
+        self.host, self.port, self.path = u.hostname, u.port or 80, u.path or "/"
+        self._conn = None
+
+    async def post(self, body: dict, timeout: float):
+        data = json.dumps(body).encode()
+        if self._conn is None:
+            self._conn = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._conn
+        writer.write(f"POST {self.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        async with asyncio.timeout(timeout):
+            status = int((await reader.readline()).split()[1])
+            length, chunked = 0, False
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                k, _, v = line.decode().partition(":")
+                if k.lower() == "content-length":
+                    length = int(v)
+                elif k.lower() == "transfer-encoding" and "chunked" in v:
+                    chunked = True
+            if chunked:
+                payload = b""
+                while (n := int((await reader.readline()).strip(), 16)):
+                    payload += await reader.readexactly(n)
+                    await reader.readline()
+                await reader.readline()
+            else:
+                payload = await reader.readexactly(length)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}")
+        return json.loads(payload)
+
+
+async def _main_http(args, work) -> dict:
+    reqs = work["requests"]
+    lat, items, errors = [], 0, {}
+    start = time.perf_counter()
+    warm_end, end = start + args.warmup, start + args.warmup + args.seconds
+    counter = iter(range(10**9))
+
+    async def client():
+        nonlocal items
+        http = _HTTP(args.target)
+        while True:
+            req = reqs[next(counter) % len(reqs)]
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                await http.post(req, 300)
+            except (RuntimeError, OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+                errors[str(e)[:40]] = errors.get(str(e)[:40], 0) + 1
+                http._conn = None
+                continue
+            t1 = time.perf_counter()
+            if warm_end <= t1 <= end:
+                lat.append(t1 - t0)
+                items += len(req["documents"])
+
+    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    return {"requests": len(lat), "items": items, "seconds": args.seconds, "latencies": lat, "errors": errors,
+            "stages": None, "metrics": None}
+
+
 async def main(args) -> dict:
     work = json.loads(open(args.workload).read())
+    if args.target.startswith("http://"):
+        return await _main_http(args, work)
     rpc = work["rpc"]
     cls = rerank_pb2.RerankRequest if rpc == "rerank" else search_pb2.SearchRequest
     reqs = [json_format.ParseDict(r, cls()) for r in work["requests"]]

@@ -50,10 +50,8 @@ def _pass_stats(window: dict) -> dict:
 
 def s14_length_split(bench) -> None:
     from server.models import load_reranker
-    from server.precision import Precision, choose
 
-    default = choose("auto", "cpu")
-    raw = load_reranker(bench.ce_path, "cpu", False, Precision(default.name, "bench"))
+    raw = load_reranker(bench.ce_path, "cpu", False)  # the servers' default, from the same cached choice
     titles = [r["title"] for r in bench.rows if r["title"].strip()]
     passages = [_passage(r["text"]) for r in bench.rows]
     workloads = {
@@ -98,7 +96,7 @@ def s14_length_split(bench) -> None:
     finally:
         for s in servers.values():
             s.terminate()
-    bench.report["scenarios"]["14_length_split"] = {"precision": default.name, "rounds": rounds, "rows": rows,
+    bench.report["scenarios"]["14_length_split"] = {"precision": f"{raw.backend} {raw.precision}", "rounds": rounds, "rows": rows,
                                                     "default_vs": gains}
 
 

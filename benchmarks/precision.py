@@ -108,9 +108,11 @@ def s10_precision_served(bench) -> None:
 
     from tandem import Client
     from tandem.ingest import to_document
-    from server.precision import choose
+    from server.models import load_reranker
+    from server.precision import Precision
 
-    default = choose("auto", "cpu")
+    d = load_reranker(bench.ce_path, "cpu", False)  # what the auto server will serve (the same cached choice)
+    default = Precision(d.precision, f"auto: {d.backend} {d.precision}, measured fastest that agrees with fp32")
     servers = {"fp32": bench.server("s10-fp32", "--precision", "fp32"),
                f"auto ({default.name})": bench.server("s10-auto")}
     if _available("openvino"):

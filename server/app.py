@@ -29,7 +29,7 @@ from server.storage import Store
 from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
                        rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc)
 from workers import Batcher
-from workers.compute import compute_pool
+from workers.compute import compute_pool, compute_team
 from workers.recall import RecallBackend
 
 log = logging.getLogger("tandem")
@@ -60,13 +60,21 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _team(backend, device):
+    """torch's thread team is resized by measurement (workers/team.py); OpenVINO (TBB) and ONNX Runtime keep
+    their own thread pools, which a busy core slows far less."""
+    return compute_team(device) if backend.backend == "torch" else None
+
+
 async def load_models(rt: Runtime) -> None:
     """Every --embedder and --reranker, in order, each with its own batcher on the device's compute thread."""
     cfg = rt.config
     device = pick_device(cfg.device)
     # Both are checked before anything loads, so a bad combination fails at once with what to use.
-    emb_prec = precision.choose(cfg.embedder_precision or cfg.precision, device, cfg.backend)
-    rr_prec = precision.choose(cfg.reranker_precision or cfg.precision, device, cfg.backend)
+    emb_prec = cfg.embedder_precision or cfg.precision
+    rr_prec = cfg.reranker_precision or cfg.precision
+    for p in (emb_prec, rr_prec):
+        precision.plan(p, device, cfg.backend)
     pool = compute_pool(device)  # models load and run on their device's one compute thread (workers/compute.py)
     loop = asyncio.get_running_loop()
 
@@ -78,7 +86,7 @@ async def load_models(rt: Runtime) -> None:
         emb = await load(load_embedder, spec, emb_prec)
         rt.embedders[spec.name] = Batcher(f"embedder {spec.name}", emb, cfg.embed_limits(emb.device.type),
                                           metrics.BatcherMetrics("embedder", spec.name, cfg.embed_queue_capacity),
-                                          executor=pool)
+                                          executor=pool, team=_team(emb, device))
     rt.default_embedder = cfg.embedders[0].name
     if not cfg.reranker_enabled:
         rt.reranker_missing = ("this server runs recall-only (--reranker none); "
@@ -98,7 +106,7 @@ async def load_models(rt: Runtime) -> None:
             continue
         rt.rerankers[spec.name] = Batcher(f"reranker {spec.name}", rr, cfg.rerank_limits(rr.device.type),
                                           metrics.BatcherMetrics("reranker", spec.name, cfg.queue_capacity),
-                                          executor=pool)
+                                          executor=pool, team=_team(rr, device))
     if rt.rerankers:
         rt.default_reranker = next(iter(rt.rerankers))
     else:
@@ -131,7 +139,7 @@ class TandemServer:
             b.start()
             m = b.backend
             if hasattr(m, "dtype"):
-                metrics.MODEL_INFO.labels(m.name, m.kind, str(m.device), m.dtype).set(1)
+                metrics.MODEL_INFO.labels(m.name, m.kind, str(m.device), m.dtype, m.backend, m.precision).set(1)
         if cfg.warmup:
             await self._warmup()
 

@@ -60,13 +60,16 @@ class Config:
     embedder: tuple = _f((DEFAULT_EMBEDDER,), "bi-encoder for collections and Embed, in the same forms as "
                                                "--reranker; repeat for several, the first is the default")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _f("auto", "auto | fp32 | bf16 | fp16 | int8 for both models; auto = fp16 on CUDA, bf16 on a "
-                                "CPU with native bf16 (AVX512_BF16/AMX), else fp32")
+    precision: str = _f("auto", "auto | fp32 | bf16 | fp16 | int8 for both models; auto = fp16 on CUDA; on a CPU, "
+                                "the fastest measured precision whose scores agree with fp32 (int8 only if it "
+                                "passes that gate too)")
     reranker_precision: str = _f("", "the reranker's precision, when it differs from --precision")
     embedder_precision: str = _f("", "the embedder's precision, when it differs from --precision")
-    backend: str = _f("torch", "torch | openvino (CPU; pip install 'tandem-search[openvino]'; converted locally "
-                               "on first load and cached)")
-    cache_dir: str = _f("", "where converted models are cached; default ~/.cache/tandem")
+    backend: str = _f("auto", "auto | torch | openvino | onnxruntime; auto = torch on CUDA; on a CPU, each model is "
+                              "timed on every backend at load and served by the fastest that passes the gate "
+                              "(the decision is cached); others force one backend (converted locally on first "
+                              "load and cached)")
+    cache_dir: str = _f("", "where converted models and backend choices are cached; default ~/.cache/tandem")
     allow_download: bool = _f(True, "download models from the Hugging Face Hub when not found locally")
     # storage
     milvus_uri: str = _f("./data/tandem.db", "embedded Milvus data file (*.db), or http://host:19530 for Milvus "

@@ -49,7 +49,8 @@ RECALL_FILTER = Counter("tandem_recall_filtered_queries", "Filtered recall queri
                         "post (Tandem, over oversampled candidates) or engine", ["path"])
 for _p in ("post", "engine"):
     RECALL_FILTER.labels(_p)
-MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)", ["model", "kind", "device", "dtype"])
+MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)",
+                   ["model", "kind", "device", "dtype", "backend", "precision"])
 
 
 class BatcherMetrics:

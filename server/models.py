@@ -7,13 +7,15 @@ sentence-transformers, whatever the source.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers import passes
+from workers import backend_choice, passes
 
 log = logging.getLogger(__name__)
 
@@ -110,41 +112,98 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool, precision,
-          backend: str, cache_dir: str, alias: str):
+def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool, precision, backend: str,
+          cache_dir: str, alias: str):
+    from server import precision as prec_mod
+
     _quiet_transformers()
+    name_ = alias or name
     r = resolve(name, allow_download)
-    check_fits(kind, alias or name, weights_bytes(r.path, precision.name), pick_device(device))
-    try:
-        loaded = _build(kind, model_cls, backend_cls, r, device, precision, backend, cache_dir, alias or name)
-    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if "out of memory" not in str(exc).lower():
-            raise
-        raise ModelTooLarge(f"{kind} {alias or name} does not fit on {pick_device(device)}: {str(exc).splitlines()[0]}"
-                            " Load fewer or smaller models, a lower --precision, or another --device.") from None
-    log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, alias or name, r.path,
-             r.source, loaded.device, backend, precision.name, precision.reason, loaded.parameter_bytes / 2**20)
+    dev = pick_device(device)
+    requested = getattr(precision, "name", precision) or "auto"
+    plan = prec_mod.plan(requested, dev, backend)
+    widest = max((o.precision for o in plan.options), key=lambda p: _BYTES.get(p, 4))
+    check_fits(kind, name_, weights_bytes(r.path, widest), dev)
+
+    def build(option: backend_choice.Option):
+        try:
+            return _build(kind, model_cls, backend_cls, r, dev, option, cache_dir, name_)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if "out of memory" not in str(exc).lower():
+                raise
+            raise ModelTooLarge(f"{kind} {name_} does not fit on {dev}: {str(exc).splitlines()[0]} Load fewer or "
+                                "smaller models, a lower --precision, or another --device.") from None
+
+    if any(o.backend != "torch" for o in plan.options) and _torch_only(r.path):
+        options = tuple(dict.fromkeys(backend_choice.Option("torch", o.precision) for o in plan.options))
+        log.warning("%s %s is a causal-LM reranker, which only the torch backend serves: %s instead of %s", kind,
+                    name_, ", ".join(map(str, options)), ", ".join(map(str, plan.options)))
+        plan = dataclasses.replace(plan, options=options)
+    if len(plan.options) == 1 and plan.options[0].precision != "int8":
+        loaded, reason = build(plan.options[0]), plan.reason
+    else:  # a choice to measure, or int8 asked for: its agreement with fp32 is measured and logged
+        loaded, reason = _choose(kind, build, r, dev, plan, cache_dir, name_)
+    log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, name_, r.path, r.source,
+             loaded.device, loaded.backend, loaded.precision, reason, loaded.parameter_bytes / 2**20)
     loaded.pass_cost = c = passes.measure(loaded.run, loaded.measure, *loaded.calibration_batches())
     log.info("%s %s: a forward pass costs %.2f ms + %.1f us per padded token, so a batch is split where its "
-             "padding would cost more than %.0f tokens", kind, alias or name, c.fixed_seconds * 1e3,
+             "padding would cost more than %.0f tokens", kind, name_, c.fixed_seconds * 1e3,
              c.token_seconds * 1e6, c.overhead_tokens)
     return loaded
 
 
-def _build(kind, model_cls, backend_cls, r: Resolved, device: str, precision, backend: str, cache_dir: str,
-           name: str):
-    model = model_cls(r.path, device=pick_device(device), local_files_only=r.source != "download")
-    if backend == "openvino":
-        try:
-            from workers import openvino_backend
-        except ImportError:
-            raise RuntimeError("--backend openvino needs OpenVINO: pip install 'tandem-search[openvino]'") from None
-        cls = {"reranker": openvino_backend.OpenVINOCrossEncoderBackend,
-               "embedder": openvino_backend.OpenVINOEmbedderBackend}[kind]
-        loaded = cls(model, name, r.source, precision.name, source_path=r.path, cache_dir=cache_dir or None)
-    else:
-        loaded = backend_cls(model, name, r.source, precision.name)
-    return loaded
+def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, name: str):
+    """Measure the plan's options on this model (workers/backend_choice.py), or take the cached decision."""
+    import torch
+
+    from server import precision as prec_mod
+    from workers import calibration
+    from workers.exported import default_cache_dir, model_key
+
+    versions = [f"{m} {_version(m)}" for m in ("torch", "openvino", "onnxruntime", "sentence_transformers",
+                                               "transformers")]
+    key = model_key(r.path, kind, *versions, prec_mod.cpu_identity(), f"threads {torch.get_num_threads()}",
+                    f"gate {plan.gate}", *map(str, plan.options), calibration.digest())
+    cache_file = Path(cache_dir or default_cache_dir()) / "choices" / f"{key}.json"
+    items = calibration.pairs() if kind == "reranker" else calibration.texts()
+    size = calibration.PER_GROUP + (kind != "reranker")
+    batches = [items[i:i + size] for i in range(0, len(items), size)]
+    log.info("%s %s: measuring %s on this CPU (%s) to choose a backend; the decision is cached", kind, name,
+             ", ".join(map(str, plan.options)), prec_mod.cpu_identity())
+    choice, loaded = backend_choice.choose(kind, plan.options, build, batches, gate=plan.gate,
+                                           cache_file=cache_file)
+    how = f"cached in {choice.cached_at}" if loaded is None else f"measured now, saved to {choice.cached_at}"
+    log.info("%s %s: %s, chosen %s (%s):\n%s", kind, name, plan.reason, choice.option, how, choice.table())
+    if loaded is None:
+        loaded = build(choice.option)
+    return loaded, f"{plan.reason}; {how}"
+
+
+def _torch_only(path: str) -> bool:
+    """A causal-LM reranker (Qwen3-Reranker style): the exported backends serve sequence classifiers only."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+def _version(module: str) -> str:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return "absent"
+
+
+def _build(kind, model_cls, backend_cls, r: Resolved, device: str, option, cache_dir: str, name: str):
+    model = model_cls(r.path, device=device, local_files_only=r.source != "download")
+    if option.backend == "torch":
+        return backend_cls(model, name, r.source, option.precision)
+    module = importlib.import_module({"openvino": "workers.openvino_backend",
+                                      "onnxruntime": "workers.onnx_backend"}[option.backend])
+    cls = next(c for c in vars(module).values()
+               if isinstance(c, type) and c.__module__ == module.__name__ and c.kind == kind)
+    return cls(model, name, r.source, option.precision, source_path=r.path, cache_dir=cache_dir or None)
 
 
 # Bytes per weight on the device, by precision; checkpoints are stored in fp32 (4) or half precision (2).
@@ -192,27 +251,21 @@ def check_fits(kind: str, name: str, need: int, device: str, available: int | No
             "models, a lower --precision (bf16, fp16 or int8), or another --device.")
 
 
-def load_reranker(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
+def load_reranker(name: str, device: str, allow_download: bool = True, precision="auto", backend: str = "auto",
                   cache_dir: str = "", alias: str = ""):
     from sentence_transformers import CrossEncoder
 
     from workers.backends import CrossEncoderBackend
 
     return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download,
-                 precision or _fp32(), backend, cache_dir, alias)
+                 precision, backend, cache_dir, alias)
 
 
-def load_embedder(name: str, device: str, allow_download: bool = True, precision=None, backend: str = "torch",
+def load_embedder(name: str, device: str, allow_download: bool = True, precision="auto", backend: str = "auto",
                   cache_dir: str = "", alias: str = ""):
     from sentence_transformers import SentenceTransformer
 
     from workers.backends import EmbedderBackend
 
     return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download,
-                 precision or _fp32(), backend, cache_dir, alias)
-
-
-def _fp32():
-    from server.precision import Precision
-
-    return Precision("fp32", "default")
+                 precision, backend, cache_dir, alias)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -11,6 +13,10 @@ from tests.serverproc import REPO, ServerProcess
 from tandem.v1 import (embed_pb2_grpc, index_pb2_grpc, info_pb2_grpc, rerank_pb2_grpc, search_pb2_grpc)
 
 DATA = REPO / "datasets"
+
+# Every server the suite starts shares one cache of converted models and backend choices (`--backend auto`
+# measures each model once per machine), kept apart from the user's own ~/.cache/tandem.
+os.environ.setdefault("TANDEM_CACHE_DIR", tempfile.mkdtemp(prefix="tandem-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 180, wait: bool = True) -> "ServerProcess":
+    # The first start of a model on a machine measures its backends (--backend auto): minutes on a slow CPU.
+    def start(self, timeout: float = 600, wait: bool = True) -> "ServerProcess":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *self.args], cwd=REPO,
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -46,7 +47,7 @@ class ServerProcess:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 180, creds: grpc.ChannelCredentials | None = None) -> None:
+    def wait_ready(self, timeout: float = 600, creds: grpc.ChannelCredentials | None = None) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -54,7 +54,7 @@ def minilm(minilm_ce):
     from server.models import load_reranker
     from server.precision import Precision
 
-    return load_reranker(minilm_ce, "cpu", False, Precision("fp32", "test"))
+    return load_reranker(minilm_ce, "cpu", False, Precision("fp32", "test"), "torch")
 
 
 def test_pass_cost_is_measured_from_the_model_at_load(minilm):

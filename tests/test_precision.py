@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from server.precision import Precision, cpu_bf16_flag, choose
+from server.precision import Precision, cpu_bf16_flag, plan
+from workers.backend_choice import Option
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
 from tests.conftest import load_beir
 from tests.serverproc import REPO, ServerProcess
@@ -47,7 +48,8 @@ def ov_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=[pytest.param(("torch", "bf16"), marks=needs_bf16), ("torch", "int8"),
-                                        pytest.param(("openvino", "bf16"), marks=needs_bf16), ("openvino", "fp32")],
+                                        pytest.param(("openvino", "bf16"), marks=needs_bf16), ("openvino", "fp32"),
+                                        ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
                 ids=lambda p: "-".join(p))
 def served(request, minilm_ce, tmp_path_factory, ov_cache):
     backend, prec = request.param
@@ -171,8 +173,9 @@ def test_bf16_embedder_keeps_ndcg(dataset):
 
 @pytest.mark.parametrize("args, words", [
     (["--precision", "fp16"], "use --precision"),
-    (["--precision", "int8", "--device", "cpu", "--backend", "openvino"], "use --backend torch"),
-    (["--backend", "onnx"], "torch, openvino"),
+    (["--precision", "int8", "--device", "cpu", "--backend", "openvino"], "use --backend torch or onnxruntime"),
+    (["--precision", "bf16", "--device", "cpu", "--backend", "onnxruntime"], "runs fp32 or int8"),
+    (["--backend", "onnx"], "auto, torch, openvino, onnxruntime"),
     (["--precision", "double"], "auto, fp32, bf16, fp16, int8"),
 ])
 def test_unsupported_combination_fails_at_startup(tmp_path, args, words):
@@ -182,10 +185,24 @@ def test_unsupported_combination_fails_at_startup(tmp_path, args, words):
     assert r.returncode == 2 and words in r.stderr, r.stderr[-2000:]
 
 
-def test_auto_follows_the_device():
-    assert choose("auto", "cuda", bf16_flag="").name == "fp16"
-    assert choose("auto", "cpu", bf16_flag="avx512_bf16").name == "bf16"
-    assert choose("auto", "cpu", bf16_flag="amx_bf16").name == "bf16"
-    assert choose("auto", "cpu", bf16_flag="").name == "fp32"  # nothing changes on a CPU without bf16
+def test_plan_follows_the_device():
+    everything = {"torch", "openvino", "onnxruntime"}.__contains__
+    assert plan("auto", "cuda", bf16_flag="").options == (Option("torch", "fp16"),)  # nothing changes on CUDA
+    with_bf16 = plan("auto", "cpu", bf16_flag="amx_bf16", available=everything)
+    assert with_bf16.gate and set(with_bf16.options) == {
+        Option(b, p) for b, p in [("torch", "fp32"), ("torch", "bf16"), ("torch", "int8"), ("openvino", "fp32"),
+                                  ("openvino", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]}
+    no_bf16 = plan("auto", "cpu", bf16_flag="", available=everything)
+    assert all(o.precision != "bf16" for o in no_bf16.options)  # emulated bf16 is never a candidate
+    asked = plan("int8", "cpu", bf16_flag="", available=everything)
+    assert not asked.gate and set(asked.options) == {Option("torch", "int8"), Option("onnxruntime", "int8")}
+    forced = plan("auto", "cpu", "openvino", bf16_flag="avx512_bf16", available=everything)
+    assert set(forced.options) == {Option("openvino", "fp32"), Option("openvino", "bf16")}
+    assert plan("auto", "cpu", bf16_flag="", available={"torch"}.__contains__).options == (
+        Option("torch", "fp32"), Option("torch", "int8"))
     with pytest.raises(ValueError, match="use --precision fp32"):
-        choose("bf16", "cpu", bf16_flag="")
+        plan("bf16", "cpu", bf16_flag="")
+    with pytest.raises(ValueError, match="needs the openvino package"):
+        plan("auto", "cpu", "openvino", available={"torch"}.__contains__)
+    with pytest.raises(ValueError, match="on cuda use --backend torch"):
+        plan("auto", "cuda", "onnxruntime")

@@ -197,21 +197,20 @@ def test_index_and_search_errors(stubs, collection, call, req, code, words):
 def test_embed_matches_sentence_transformers(stubs):
     from sentence_transformers import SentenceTransformer
 
-    from server.precision import Precision
+    from server.models import load_embedder
     from tandem.v1 import info_pb2
     from tests.checkpoints import bundled_encoder
-    from workers.backends import EmbedderBackend
 
     texts = ["a wing in a slipstream", "heat transfer " * 100]
     r = stubs.embed.Embed(embed_pb2.EmbedRequest(texts=texts), timeout=30)
     assert r.dimension == 384 and len(r.embeddings) == 2 and r.usage.truncated == 0
     got = np.array([e.values for e in r.embeddings])
-    prec = next(m.precision for m in stubs.info.Info(info_pb2.InfoRequest(), timeout=10).models if m.kind == "embedder")
-    if prec == "fp32":
+    emb = next(m for m in stubs.info.Info(info_pb2.InfoRequest(), timeout=10).models if m.kind == "embedder")
+    if emb.precision == "fp32":  # every backend's fp32 equals sentence-transformers' own to float rounding
         ref = SentenceTransformer(bundled_encoder(), device="cpu").encode(texts, normalize_embeddings=True)
         assert np.abs(got - ref).max() < 1e-5
     else:  # the same backend in-process, each text alone; batching moves a bf16 component by < 2e-3 (measured)
-        b = EmbedderBackend(SentenceTransformer(bundled_encoder(), device="cpu"), "ref", precision=prec)
+        b = load_embedder(bundled_encoder(), "cpu", False, emb.precision, emb.backend)
         ref = np.stack([b.run([t])[0] for t in texts])
         assert np.abs(got - ref).max() < 5e-3 and (got * ref).sum(1).min() > 0.9999
 

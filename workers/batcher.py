@@ -24,6 +24,7 @@ from typing import Any, Hashable, Protocol, Sequence
 from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
 from workers import passes
 from workers.queue import BatchQueue, Entry
+from workers.team import Team
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class _Done:
 
 class Batcher:
     def __init__(self, name: str, backend: Backend, limits: BatchLimits, observer: Observer | None = None,
-                 passthrough: tuple[type[Exception], ...] = (), executor: Executor | None = None):
+                 passthrough: tuple[type[Exception], ...] = (), executor: Executor | None = None,
+                 team: Team | None = None):
         self.name = name
         # Backend exceptions that already say what went wrong (e.g. "store unreachable")
         # reach the caller as they are; any other failure becomes a BackendError.
@@ -116,6 +118,8 @@ class Batcher:
         # Model calls run on `executor` (a device's shared compute thread) or, without one, a thread of our own.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
+        # The device's thread team (workers/team.py), for a backend whose threads it sets (torch on a CPU).
+        self.team = team
         self._running: Future | None = None  # the latest batch handed to the compute thread
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -264,7 +268,10 @@ class Batcher:
         """Compute-thread side: the passes back to back, with no trip through the event loop between them.
         Each is timed here (a shared thread may first finish another model's batch), fails alone, and is
         handed to `settle` as soon as it is done, so its callers need not wait for the longer passes."""
+        cost = getattr(self.backend, "pass_cost", None)
+        team = self.team if cost is not None else None
         for i, group in enumerate(groups):
+            size = team.pick() if team else 0
             t0 = time.perf_counter()
             try:
                 result = self.backend.run([e.payload for e in group])
@@ -272,7 +279,11 @@ class Batcher:
                     raise RuntimeError(f"backend returned {len(result)} results for {len(group)} inputs")
             except Exception as exc:
                 result = exc
-            settle(group, result, time.perf_counter() - t0, i == len(groups) - 1)
+            seconds = time.perf_counter() - t0
+            if team and not isinstance(result, Exception):
+                padded = max(e.cost for e in group) * len(group)
+                team.observe(size, seconds, cost.fixed_seconds + cost.token_seconds * padded)
+            settle(group, result, seconds, i == len(groups) - 1)
 
     def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float = 0.0,
                 freed: asyncio.Future | None = None) -> None:

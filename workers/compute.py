@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 _lock = threading.Lock()
 _pools: dict[str, ThreadPoolExecutor] = {}
+_teams: dict[str, object] = {}
 
 
 def device_key(device) -> str:
@@ -41,3 +42,17 @@ def compute_pool(device) -> ThreadPoolExecutor:
             _pools[key] = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_name_os_thread,
                                              initargs=(name,))
         return _pools[key]
+
+
+def compute_team(device):
+    """The thread team of `device`'s compute thread (workers/team.py): torch's OpenMP team on a CPU, resized
+    pass by pass; None on a GPU or with one thread."""
+    key = device_key(device)
+    if key != "cpu":
+        return None
+    with _lock:
+        if key not in _teams:
+            from workers.team import torch_team
+
+            _teams[key] = torch_team()
+        return _teams[key]
