@@ -9,11 +9,17 @@ TORCH_VERSION := 2.13.0
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch goes first and pinned: an unpinned torch (or one pulled in by
-# sentence-transformers) resolves to a multi-GB CUDA build.
+# Which torch build `make setup` installs, on purpose: TORCH=cpu (the default) is the CPU-only wheel from
+# PyTorch's CPU index (a few hundred MB); TORCH=cuda is PyPI's default Linux wheel, built with CUDA (several GB).
+# torch goes first and pinned: one pulled in by sentence-transformers would be PyPI's CUDA build.
+TORCH ?= cpu
+TORCH_SPEC_cpu := "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_SPEC_cuda := "torch==$(TORCH_VERSION)"
+
 setup: $(BIN)/python
+	@test -n '$(TORCH_SPEC_$(TORCH))' || (echo "TORCH=$(TORCH): use TORCH=cpu or TORCH=cuda" && exit 2)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q $(TORCH_SPEC_$(TORCH))
 	$(BIN)/pip install -q -e '.[dev]'
 
 serve: setup

@@ -194,6 +194,22 @@ def load(target: str, requests: list, clients: int, seconds: float, tmp: Path) -
             "errors": r["errors"]}
 
 
+def raw_rates(backend, work: dict) -> dict:
+    """In-process items/s of `backend.run` at its best batch (8, 16 or 32) on each workload's pairs."""
+    out = {}
+    for name in ("passages", "titles"):
+        pairs = [(r["query"], d) for r in work[name][0] for d in r["documents"]][:512]
+        backend.run(pairs[:32])
+        best = 0.0
+        for bs in (8, 16, 32):
+            t = time.perf_counter()
+            for i in range(0, len(pairs), bs):
+                backend.run(pairs[i:i + bs])
+            best = max(best, len(pairs) / (time.perf_counter() - t))
+        out[name] = best
+    return out
+
+
 def agreement(server, reference) -> tuple[float, float]:
     from scipy.stats import spearmanr
 
@@ -246,7 +262,22 @@ def main(argv=None) -> dict:
     work = workloads()
     reference = reference_scores(ce)
     results: dict = {label: {"windows": []} for label in servers}
+    raw: dict = {"idle": [], "co-runner": []}
     for _ in range(args.rounds):
+        if "tandem default" in servers:  # the default's backend in-process, between servers (none is running)
+            from server.models import load_reranker
+
+            backend = load_reranker(ce, "cpu", False, cache_dir=str(cache))
+            for load_name in raw:
+                spin = (subprocess.Popen([sys.executable, "-c", SPIN, str(os.cpu_count() - 1)])
+                        if load_name == "co-runner" else None)
+                try:
+                    raw[load_name].append(raw_rates(backend, work))
+                finally:
+                    if spin:
+                        spin.kill()
+                        spin.wait()
+            del backend
         for label, make in servers.items():
             srv = make().start()
             try:
@@ -277,6 +308,9 @@ def main(argv=None) -> dict:
                for k in keys}
         report["servers"][label] = {"setting": res["setting"], "spearman": res["spearman"],
                                     "same_top": res["same_top"], **med}
+    if raw["idle"]:
+        report["raw default"] = {k: {w: statistics.median(r[w] for r in v) for w in ("passages", "titles")}
+                                 for k, v in raw.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(table(report))
@@ -293,7 +327,46 @@ def table(rep: dict) -> str:
                      f"{r['passages co-runner']['items_per_s']:.1f} | {r['titles idle']['items_per_s']:.1f} | "
                      f"{r['titles co-runner']['items_per_s']:.1f} | {r['one idle']['p50_ms']:.1f} | "
                      f"{r['one co-runner']['p50_ms']:.1f} | {r['spearman']:.3f} / {r['same_top']:.2f} |")
-    return "\n".join(lines)
+    if "raw default" in rep:
+        r = rep["raw default"]
+        lines.append(f"| tandem default, raw in-process at its best batch | same | {r['idle']['passages']:.1f} | "
+                     f"{r['co-runner']['passages']:.1f} | {r['idle']['titles']:.1f} | {r['co-runner']['titles']:.1f} "
+                     "| | | |")
+    return "\n".join(lines + [""] + targets(rep))
+
+
+def targets(rep: dict) -> list[str]:
+    """Issue 20's ratios, from this run's medians."""
+    srv = rep["servers"]
+    inf = {k: v for k, v in srv.items() if k.startswith("infinity")}
+    tan = {k: v for k, v in srv.items() if k.startswith("tandem")}
+    if not inf or "tandem default" not in srv:
+        return []
+    gated = {k: v for k, v in inf.items() if v["spearman"] >= 0.999 and v["same_top"] >= 0.99}
+    d = srv["tandem default"]
+    out = []
+    for w in ("passages", "titles"):
+        key = f"{w} idle"
+        best_inf = max(inf, key=lambda k: inf[k][key]["items_per_s"])
+        best_tan = max(tan, key=lambda k: tan[k][key]["items_per_s"])
+        if gated:
+            g = max(gated, key=lambda k: gated[k][key]["items_per_s"])
+            out.append(f"{w}: tandem default / fastest gate-passing Infinity ({g}): "
+                       f"{d[key]['items_per_s'] / gated[g][key]['items_per_s']:.2f}x (target >= 1.3x)")
+        out.append(f"{w}: fastest tandem ({best_tan}) / fastest Infinity ({best_inf}): "
+                   f"{tan[best_tan][key]['items_per_s'] / inf[best_inf][key]['items_per_s']:.2f}x (target >= 1.0x)")
+        keep = d[f"{w} co-runner"]["items_per_s"] / d[key]["items_per_s"]
+        best_inf_busy = max(inf, key=lambda k: inf[k][f"{w} co-runner"]["items_per_s"])
+        out.append(f"{w}: beside a co-runner tandem default keeps {keep:.2f}x of idle (target >= 0.45x); "
+                   f"vs fastest Infinity there ({best_inf_busy}) "
+                   f"{d[f'{w} co-runner']['items_per_s'] / inf[best_inf_busy][f'{w} co-runner']['items_per_s']:.2f}x")
+        if "raw default" in rep:
+            out.append(f"{w}: tandem default served / raw in-process best batch: "
+                       f"{d[key]['items_per_s'] / rep['raw default']['idle'][w]:.2f}x (target >= 0.9x)")
+    best_p50 = min(inf, key=lambda k: inf[k]["one idle"]["p50_ms"])
+    out.append(f"1-document p50 at one client: tandem default {d['one idle']['p50_ms']:.1f} ms, "
+               f"best Infinity ({best_p50}) {inf[best_p50]['one idle']['p50_ms']:.1f} ms (target <=)")
+    return out
 
 
 if __name__ == "__main__":

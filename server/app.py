@@ -20,7 +20,7 @@ from server.errors import ServiceError
 from server.index import IndexService
 from server.info import InfoService
 from server.interceptors import ServerInterceptor
-from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device
+from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device, resolve
 from server.rerank import RerankService
 from server.runtime import Runtime
 from server.sealer import Sealer
@@ -69,7 +69,7 @@ def _team(backend, device):
 async def load_models(rt: Runtime) -> None:
     """Every --embedder and --reranker, in order, each with its own batcher on the device's compute thread."""
     cfg = rt.config
-    device = pick_device(cfg.device)
+    device = rt.device = pick_device(cfg.device)
     # Both are checked before anything loads, so a bad combination fails at once with what to use.
     emb_prec = cfg.embedder_precision or cfg.precision
     rr_prec = cfg.reranker_precision or cfg.precision
@@ -82,6 +82,15 @@ async def load_models(rt: Runtime) -> None:
         return loop.run_in_executor(pool, functools.partial(fn, spec.source, device, cfg.allow_download, prec,
                                                             cfg.backend, cfg.cache_dir, alias=spec.name))
 
+    # Every model is found before any loads: a wrong path fails at once, not after the embedder's measurements.
+    missing_default = None
+    for spec in [*cfg.embedders, *cfg.rerankers]:
+        try:
+            await asyncio.to_thread(resolve, spec.source, cfg.allow_download)
+        except ModelNotFound as exc:
+            if spec.source != DEFAULT_RERANKER or spec not in cfg.rerankers:
+                raise  # a model the user named must load
+            missing_default = exc  # the built-in default (offline): serve without it
     for spec in cfg.embedders:
         emb = await load(load_embedder, spec, emb_prec)
         rt.embedders[spec.name] = Batcher(f"embedder {spec.name}", emb, cfg.embed_limits(emb.device.type),
@@ -91,26 +100,22 @@ async def load_models(rt: Runtime) -> None:
     if not cfg.reranker_enabled:
         rt.reranker_missing = ("this server runs recall-only (--reranker none); "
                                "restart it with --reranker MODEL to serve Rerank")
+        log.warning("RECALL-ONLY MODE: %s", rt.reranker_missing)
         return
     for spec in cfg.rerankers:
-        try:
-            rr = await load(load_reranker, spec, rr_prec)
-        except ModelNotFound as exc:
-            if spec.source != DEFAULT_RERANKER:
-                raise  # a model the user named must load
-            # The built-in default is missing (offline): serve without it, recall-only if nothing else loads.
-            rt.reranker_missing = (f"no reranker is loaded: the default {DEFAULT_RERANKER} could not be found "
-                                   "(offline?). Restart with --reranker /path/to/cross-encoder, or pre-fill "
-                                   "the Hugging Face cache.")
-            log.warning("=" * 72 + "\nSKIPPING THE DEFAULT RERANKER: %s\n%s\n" + "=" * 72, rt.reranker_missing, exc)
+        if missing_default is not None and spec.source == DEFAULT_RERANKER:
             continue
+        rr = await load(load_reranker, spec, rr_prec)
         rt.rerankers[spec.name] = Batcher(f"reranker {spec.name}", rr, cfg.rerank_limits(rr.device.type),
                                           metrics.BatcherMetrics("reranker", spec.name, cfg.queue_capacity),
                                           executor=pool, team=_team(rr, device))
+    if missing_default is not None:
+        rt.reranker_missing = (f"no reranker is loaded: the default {DEFAULT_RERANKER} could not be found. Restart "
+                               "with --reranker /path/to/cross-encoder, or fill the Hugging Face cache")
+        what = "RECALL-ONLY MODE" if not rt.rerankers else "SKIPPING THE DEFAULT RERANKER"
+        log.warning("=" * 72 + "\n%s: %s\n%s\n" + "=" * 72, what, rt.reranker_missing, missing_default)
     if rt.rerankers:
         rt.default_reranker = next(iter(rt.rerankers))
-    else:
-        log.warning("RECALL-ONLY MODE: %s", rt.reranker_missing)
 
 
 class TandemServer:
@@ -209,14 +214,22 @@ class TandemServer:
             await asyncio.sleep(every)
             await self._check_store()
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, report NOT_SERVING, drain in-flight and queued work, then release everything."""
+    async def stop(self, grace: float | None = None, delay: float | None = None) -> None:
+        """Report NOT_SERVING at once and keep serving for the drain delay (a load balancer needs a few probes to
+        notice), then refuse new calls and give in-flight ones the grace period; release everything."""
         grace = self.cfg.grace_seconds if grace is None else grace
+        delay = self.cfg.drain_delay_seconds if delay is None else delay
         if self._monitor:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(delay)
+        # Reranks still running shortly before the grace ends give up, so their Searches can answer with recall
+        # results (degraded) instead of being cut off with UNAVAILABLE.
+        loop = asyncio.get_running_loop()
+        cutoff = loop.call_later(max(0.0, grace - min(1.0, grace / 4)), self.rt.draining.set)
         if self.server is not None:
             await self.server.stop(grace)
+        cutoff.cancel()
         for b in self.rt.batchers():
             await b.stop(drain_seconds=0)
         if self.rt.sealer is not None:
@@ -267,7 +280,8 @@ async def serve(cfg: Config) -> None:
 
     def on_signal(sig: signal.Signals) -> None:
         if not stopping:
-            log.info("%s: draining for up to %.1fs", sig.name, cfg.grace_seconds)
+            log.info("%s: NOT_SERVING now, serving %.1fs more, then draining for up to %.1fs", sig.name,
+                     cfg.drain_delay_seconds, cfg.grace_seconds)
             stopping.append(loop.create_task(srv.stop()))
 
     for sig in (signal.SIGTERM, signal.SIGINT):

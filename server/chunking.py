@@ -39,6 +39,17 @@ class Splitter:
         with self._lock:
             return len(self._tok(text, add_special_tokens=False, truncation=False)["input_ids"])
 
+    def head(self, text: str, max_tokens: int) -> str:
+        """The opening of `text` with at most max_tokens tokens, cut before a word where one is near. Only a
+        prefix is tokenised: no token is longer than 32 characters in practice."""
+        probe = text[:max_tokens * 32]
+        with self._lock:
+            offsets = self._tok(probe, add_special_tokens=False, truncation=False,
+                                return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= max_tokens:
+            return probe
+        return windows(offsets, len(probe), max_tokens, 0)[0].of(probe)
+
     def split(self, text: str, max_tokens: int, overlap: int) -> list[Window]:
         """Windows of at most max_tokens tokens, each starting about `overlap` tokens before the previous
         one ends. A text that fits is one window."""
@@ -46,6 +57,11 @@ class Splitter:
             offsets = self._tok(text, add_special_tokens=False, truncation=False,
                                 return_offsets_mapping=True)["offset_mapping"]
         return windows(offsets, len(text), max_tokens, overlap)
+
+
+def heads(splitter: Splitter, texts: list[str], max_tokens: int) -> list[str]:
+    """Each text's opening of at most max_tokens tokens (Search's and Rerank's max_tokens_per_doc)."""
+    return [splitter.head(t, max_tokens) for t in texts]
 
 
 def windows(offsets: list[tuple[int, int]], length: int, max_tokens: int, overlap: int) -> list[Window]:

@@ -102,13 +102,23 @@ class Config:
     max_text_bytes: int = _f(262144, "longest accepted text, in UTF-8 bytes")
     max_message_bytes: int = _f(64 * 1024 * 1024, "largest gRPC message accepted")
     max_recall_k: int = _f(1000, "largest recall_k a Search may ask for")
+    rerank_depth: int = _f(0, "Search: recall candidates the reranker scores unless a request says (its "
+                              "rerank_depth); the rest follow in recall order. 0 = auto: "
+                              "50 on a CPU, every candidate on a GPU")
+    max_tokens_per_doc: int = _f(0, "Search: tokens of each candidate the reranker reads unless a request says "
+                                    "(its max_tokens_per_doc). 0 = auto: 128 on a CPU, the model's whole window on "
+                                    "a GPU")
     max_windows_per_document: int = _f(64, "Rerank with LONG_DOCUMENTS_CHUNK: most windows one document may split "
                                            "into")
     max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
     # lifecycle
     event_loop: str = _f("auto", "auto | uvloop | asyncio: the server's event loop; auto = uvloop where it is "
                                  "installed (a dependency on Linux and macOS)")
-    grace_seconds: float = _f(15.0, "on SIGTERM, how long in-flight and queued work may take to drain")
+    drain_delay_seconds: float = _f(5.0, "on SIGTERM, health reports NOT_SERVING at once but calls are still served "
+                                         "this long, so load balancers stop sending before the listener closes")
+    grace_seconds: float = _f(15.0, "after the drain delay, how long in-flight and queued work may take to finish; "
+                                    "a Search whose rerank would outlast it returns its recall results, flagged "
+                                    "degraded")
     warmup: bool = _f(True, "run one batch through each model at start")
     # security
     tls_cert: str = _f("", "PEM server certificate chain; enables TLS")
@@ -158,6 +168,8 @@ class Config:
                                  f"name with NAME=PATH_OR_HUB_ID")
         if self.max_batch_tokens < 0 or self.embed_max_batch_tokens < 0:
             raise ValueError("max_batch_tokens and embed_max_batch_tokens must be 0 (auto) or positive")
+        if self.rerank_depth < 0 or self.max_tokens_per_doc < 0:
+            raise ValueError("rerank_depth and max_tokens_per_doc must be 0 (auto) or positive")
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
                     "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
                     "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests", "max_windows_per_document",
@@ -189,6 +201,19 @@ class Config:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+
+
+# Search's rerank defaults on a CPU: a reranked Search over Cranfield answers in about a second on 2 cores
+# (docs/benchmarks.md, scenario 15), and published cross-encoder results put most of the gain in the top few
+# dozen candidates. A GPU reranks every candidate at full length within the same time.
+AUTO_RERANK_DEPTH = {"cpu": 50, "cuda": 0}
+AUTO_TOKENS_PER_DOC = {"cpu": 128, "cuda": 0}
+
+
+def search_rerank_defaults(cfg: "Config", device: str) -> tuple[int, int]:
+    """(rerank depth, tokens per document) for a Search that does not say; 0 means no limit."""
+    key = "cuda" if str(device).startswith("cuda") else "cpu"
+    return (cfg.rerank_depth or AUTO_RERANK_DEPTH[key], cfg.max_tokens_per_doc or AUTO_TOKENS_PER_DOC[key])
 
 
 # On a CPU, a forward pass gets slower *per pair* once a batch holds more than ~1k padded tokens (attention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from server.config import search_rerank_defaults
 from server.runtime import Runtime
 from tandem.v1 import common_pb2, info_pb2, info_pb2_grpc
 
@@ -35,6 +36,7 @@ class InfoService(info_pb2_grpc.InfoServiceServicer):
         c = self.rt.config
         store = self.rt.store
         batcher = next(iter(self.rt.rerankers.values()), None)  # the effective limits, after "auto"
+        depth, tokens = search_rerank_defaults(c, self.rt.device)
         return info_pb2.InfoResponse(
             version=_version(),
             models=model_infos(self.rt),
@@ -48,6 +50,8 @@ class InfoService(info_pb2_grpc.InfoServiceServicer):
                 max_message_bytes=c.max_message_bytes,
                 max_recall_k=c.max_recall_k,
                 max_wait_ms=c.max_wait_ms,
+                rerank_depth=depth,
+                max_tokens_per_doc=tokens,
             ),
             default_reranker=self.rt.default_reranker,
             default_embedder=self.rt.default_embedder,

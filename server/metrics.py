@@ -26,7 +26,7 @@ STAGE_SECONDS = Histogram("tandem_search_stage_duration_seconds", "Search latenc
                           "rerank stages of a cascade together)", ["stage"], buckets=SECONDS)
 DEGRADED = Counter("tandem_search_degraded", "Searches answered recall-only although rerank was asked for",
                    ["reason"])
-DEGRADE_REASONS = ("Overloaded", "DeadlineExceeded", "BackendError", "ServiceError")
+DEGRADE_REASONS = ("overloaded", "deadline_exceeded", "model_error", "shutting_down", "no_reranker")  # server/search.py
 for _r in DEGRADE_REASONS:  # export zeros from the start, so rate() and dashboards see the series
     DEGRADED.labels(_r)
 

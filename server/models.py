@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,16 +29,40 @@ BUNDLED = {
 }
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def looks_local(name: str) -> bool:
+    """A path the user meant as a folder, not a Hugging Face id ('org/name')."""
+    return name.startswith(("/", "./", "../", "~", "\\")) or (os.sep in name and not HUB_ID.fullmatch(name))
+
+
 class ModelNotFound(Exception):
-    def __init__(self, name: str, tried: list[str]):
+    def __init__(self, name: str, tried: list[str], fix: str):
         self.name, self.tried = name, tried
         steps = "\n".join(f"  - {t}" for t in tried)
-        super().__init__(
-            f"could not find model {name!r}. Tried:\n{steps}\n"
-            "Fix: pass a local folder (a saved sentence-transformers model), "
-            f"run `huggingface-cli download {name}` on a machine with network access and copy the cache, "
-            "or allow downloads (unset HF_HUB_OFFLINE)."
-        )
+        super().__init__(f"could not find model {name!r}. Tried:\n{steps}\nFix: {fix}")
+
+
+def _fix(name: str, allow_download: bool, download_error: str = "") -> str:
+    """What to do, for the cause at hand: a local path gets no download advice, HF_HUB_OFFLINE is named only
+    when it is set, and a network failure is called one."""
+    if looks_local(name):
+        return (f"there is no folder at {Path(name).expanduser()}; pass the folder of a saved sentence-transformers "
+                "or transformers model (it holds config.json and the weights)")
+    why = []
+    if _offline():
+        why.append("downloads are off because HF_HUB_OFFLINE is set in the environment (unset it to download)")
+    if not allow_download:
+        why.append("downloads are off (--allow-download false)")
+    if download_error:
+        network = any(w in download_error for w in ("resolve", "Name or service", "Connection", "Timeout", "timed out",
+                                                    "Network", "unreachable"))
+        why.append("the Hugging Face Hub could not be reached" if network else
+                   f"the Hugging Face Hub refused it ({download_error}); check the id")
+    return (f"{'; '.join(why) + '. ' if why else ''}Pass a local folder with --reranker/--embedder "
+            f"NAME=/path, or run `hf download {name}` on a machine with network access and copy its Hugging Face "
+            "cache (~/.cache/huggingface/hub) here.")
 
 
 @dataclass
@@ -79,17 +104,21 @@ def resolve(name: str, allow_download: bool = True) -> Resolved:
     else:
         tried.append("bundled packages: none ships this model")
 
+    if looks_local(name):
+        raise ModelNotFound(name, tried, _fix(name, allow_download))
     if not allow_download or _offline():
-        tried.append("download: disabled (HF_HUB_OFFLINE or --no-download)")
-        raise ModelNotFound(name, tried)
+        tried.append("download: disabled (" + ("HF_HUB_OFFLINE is set" if _offline() else "--allow-download false")
+                     + ")")
+        raise ModelNotFound(name, tried, _fix(name, allow_download))
     try:
         from huggingface_hub import snapshot_download
 
         path = snapshot_download(name, etag_timeout=5)
         return Resolved(name, path, "download", tried)
     except Exception as exc:
-        tried.append(f"download from the Hugging Face Hub: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-        raise ModelNotFound(name, tried) from None
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        tried.append(f"download from the Hugging Face Hub: {cause}")
+        raise ModelNotFound(name, tried, _fix(name, allow_download, cause)) from None
 
 
 def pick_device(device: str) -> str:
@@ -199,11 +228,16 @@ def _build(kind, model_cls, backend_cls, r: Resolved, device: str, option, cache
     model = model_cls(r.path, device=device, local_files_only=r.source != "download")
     if option.backend == "torch":
         return backend_cls(model, name, r.source, option.precision)
-    module = importlib.import_module({"openvino": "workers.openvino_backend",
-                                      "onnxruntime": "workers.onnx_backend"}[option.backend])
-    cls = next(c for c in vars(module).values()
-               if isinstance(c, type) and c.__module__ == module.__name__ and c.kind == kind)
-    return cls(model, name, r.source, option.precision, source_path=r.path, cache_dir=cache_dir or None)
+    module, cls = EXPORTED[option.backend, kind].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(model, name, r.source, option.precision,
+                                                         source_path=r.path, cache_dir=cache_dir or None)
+
+
+# The backends that run a converted copy of the transformer, imported only when chosen.
+EXPORTED = {("openvino", "reranker"): "workers.openvino_backend.OpenVINOCrossEncoderBackend",
+            ("openvino", "embedder"): "workers.openvino_backend.OpenVINOEmbedderBackend",
+            ("onnxruntime", "reranker"): "workers.onnx_backend.OnnxCrossEncoderBackend",
+            ("onnxruntime", "embedder"): "workers.onnx_backend.OnnxEmbedderBackend"}
 
 
 # Bytes per weight on the device, by precision; checkpoints are stored in fp32 (4) or half precision (2).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server import validation
+from server.chunking import heads
 from server.errors import invalid
 from server.interceptors import call_timings
 from server.messages import sigmoid, usage
@@ -40,6 +41,8 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
                           "LONG_DOCUMENTS_TRUNCATE or LONG_DOCUMENTS_CHUNK")
         chunk = request.long_documents == rerank_pb2.LONG_DOCUMENTS_CHUNK
         docs = request.documents
+        if request.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: read only each document's opening
+            docs = await asyncio.to_thread(heads, rt.splitter(batcher), list(docs), request.max_tokens_per_doc)
         if not chunk:
             logits, stats = await batcher.submit([(request.query, d) for d in docs], deadline=rt.deadline(context))
             windows = None
@@ -60,7 +63,7 @@ class RerankService(rerank_pb2_grpc.RerankServiceServicer):
             rerank_pb2.RerankResult(
                 index=i,
                 relevance_score=logits[i] if request.raw_scores else sigmoid(logits[i]),
-                document=docs[i] if request.return_documents else "",
+                document=request.documents[i] if request.return_documents else "",
             )
             for i in order
         ]

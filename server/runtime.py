@@ -29,6 +29,8 @@ class Runtime:
     reranker_missing: str = ""  # why the server runs recall-only, when it does
     splitters: dict = field(default_factory=dict)  # model name -> server.chunking.Splitter
     health: object | None = None
+    device: str = "cpu"  # where the models run (set when they load)
+    draining: asyncio.Event = field(default_factory=asyncio.Event)  # set when the shutdown grace is nearly up
 
     @staticmethod
     def clock() -> float:

@@ -11,10 +11,12 @@ import grpc
 from server import metrics, validation
 from server.errors import ServiceError, invalid
 from server.filters import compile_filter, compile_predicate
+from server.chunking import heads
+from server.config import search_rerank_defaults
 from server.messages import dict_to_struct, sigmoid
 from server.runtime import Runtime
 from tandem.v1 import search_pb2, search_pb2_grpc
-from workers import Batcher, BackendError, DeadlineExceeded, Overloaded
+from workers import Batcher, BackendError, DeadlineExceeded, Overloaded, WorkerStopped
 from workers.recall import RecallQuery
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         if top_n > recall_k:
             raise invalid(f"top_n ({top_n}) is larger than recall_k ({recall_k}); raise recall_k or lower top_n")
         stages = self._stages(request, top_n)
+        default_depth, default_tokens = search_rerank_defaults(cfg, rt.device)
+        depth = request.rerank_depth or default_depth
+        max_tokens = request.max_tokens_per_doc or default_tokens
         deadline = rt.deadline(context)
         # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
         cached = rt.store.cached_meta(name)
@@ -72,22 +77,29 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         t2 = rt.clock()
 
         order, scores, reasons, timings = list(range(len(hits))), {}, [], []
+        # Past the rerank depth, candidates keep recall order behind the reranked ones (Vespa's rerank-count).
+        beyond = order[depth:] if depth else []
+        del order[len(order) - len(beyond):]
         for k, (model, batcher, keep) in enumerate(stages if hits else []):
             ts = rt.clock()
             try:
                 if batcher is None:  # recall-only server
                     raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, rt.reranker_missing)
-                stage_scores = await self._score(batcher, request.query, [hits[i] for i in order], deadline)
+                stage_scores = await self._score(batcher, request.query, [hits[i] for i in order], deadline,
+                                                 max_tokens)
                 scores.update(zip(order, stage_scores))
                 order.sort(key=lambda i: -scores[i])  # stable: ties keep the previous stage's order
                 scored = len(stage_scores)
-            except (Overloaded, DeadlineExceeded, BackendError, ServiceError) as exc:
+            except (Overloaded, DeadlineExceeded, BackendError, WorkerStopped, ServiceError) as exc:
                 no_reranker = isinstance(exc, ServiceError) and exc.code == grpc.StatusCode.FAILED_PRECONDITION
                 if request.require_rerank or (isinstance(exc, ServiceError) and not no_reranker):
                     raise
                 what = f"rerank stage {k + 1} ({model})" if len(stages) > 1 else "rerank"
-                reasons.append(f"{what} skipped: {type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
-                metrics.DEGRADED.labels(type(exc).__name__).inc()
+                code, words = _degraded(exc)
+                detail = getattr(exc, "message", None) or str(exc)
+                reasons.append(f"{what} skipped because {words}" + (f" ({detail})" if code != "no_reranker" else
+                                                                    f": {detail}"))
+                metrics.DEGRADED.labels(code).inc()
                 log.debug("search degraded: %s", reasons[-1])
                 scored = 0
             if keep:
@@ -95,6 +107,7 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
             timings.append(search_pb2.RerankStageTiming(model=model, seconds=rt.clock() - ts, scored=scored,
                                                         skipped=not scored))
         t3 = rt.clock()
+        order += beyond
 
         reranked = bool(scores)
         best = order[:top_n]
@@ -105,7 +118,7 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
         for i in best:
             h = hits[i]
             hit = search_pb2.SearchHit(id=h.id, metadata=dict_to_struct(h.metadata), recall_rank=i,
-                                       score=scores[i] if reranked else h.score, recall_score=h.score)
+                                       score=scores.get(i, 0.0) if reranked else h.score, recall_score=h.score)
             if meta.chunking:
                 hit.passage, hit.passage_offset = h.text, h.start
                 hit.text = texts.get(h.id, "")
@@ -147,12 +160,43 @@ class SearchService(search_pb2_grpc.SearchServiceServicer):
                 raise invalid(f"rerank_stages[{k}].keep is {keep}, below top_n ({top_n}); keep at least top_n, "
                               "or 0 to keep every candidate")
             batcher = self.rt.reranker_batcher(model) if self.rt.rerankers else None
-            out.append((batcher.backend.name if batcher else model or "default", batcher, keep))
+            configured = [m.name for m in self.rt.config.rerankers]  # recall-only: the model that is missing
+            out.append((batcher.backend.name if batcher else model or (configured[0] if configured else "none"),
+                        batcher, keep))
         return out
 
-    async def _score(self, batcher: Batcher, query: str, hits, deadline: float | None) -> list[float]:
+    async def _score(self, batcher: Batcher, query: str, hits, deadline: float | None,
+                     max_tokens: int = 0) -> list[float]:
         budget = None
         if deadline is not None:
             budget = deadline - _reserve(deadline - self.rt.clock())
-        logits, _ = await batcher.submit([(query, h.text) for h in hits], deadline=budget)
+        texts = [h.text for h in hits]
+        if max_tokens:
+            texts = await asyncio.to_thread(heads, self.rt.splitter(batcher), texts, max_tokens)
+        if self.rt.draining.is_set():
+            raise WorkerStopped("the server is shutting down")
+        work = asyncio.ensure_future(batcher.submit([(query, t) for t in texts], deadline=budget))
+        stop = asyncio.ensure_future(self.rt.draining.wait())
+        try:
+            await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()  # drops its queued pairs
+        if not work.done() or work.cancelled():
+            raise WorkerStopped("the server is shutting down and the rerank would outlast its grace period")
+        logits, _ = work.result()
         return [sigmoid(x) for x in logits]
+
+
+def _degraded(exc: Exception) -> tuple[str, str]:
+    """(metric reason, words for people) for a rerank stage that was skipped."""
+    if isinstance(exc, Overloaded):
+        return "overloaded", "the reranker is overloaded"
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline_exceeded", "it could not finish before the call's deadline"
+    if isinstance(exc, BackendError):
+        return "model_error", "the model failed on this batch"
+    if isinstance(exc, WorkerStopped):
+        return "shutting_down", "the server is shutting down"
+    return "no_reranker", "no reranker is loaded"

@@ -168,7 +168,9 @@ class Store:
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
         self._meta: dict[str, CollectionMeta] = {}
-        self._dense_index: int = 0  # first DENSE_INDEXES entry the engine has not rejected
+        # First DENSE_INDEXES entry the engine has not rejected. The embedded engine (milvus-lite 2.5.1) takes only
+        # FLAT, IVF_FLAT and AUTOINDEX, and searches exactly whatever it is given, so it starts at AUTOINDEX.
+        self._dense_index: int = 1 if self.engine is not None else 0
         self._grouping = True  # the engine groups passages by document in search (see search)
 
     # -- connection ------------------------------------------------------------

@@ -88,8 +88,10 @@ class AsyncClient(Connection):
 
     async def search(self, collection: str, query: str, top_n: int = 10, mode: str = "dense", filter=None,
                      rerank=None, *, recall_k: int = 0, require_rerank: bool = False, exclude_text: bool = False,
+                     rerank_depth: int = 0, max_tokens_per_doc: int = 0,
                      timeout: float | None = None) -> m.SearchResults:
-        req = m.search(collection, query, top_n, mode, filter, rerank, recall_k, require_rerank, exclude_text)
+        req = m.search(collection, query, top_n, mode, filter, rerank, recall_k, require_rerank, exclude_text,
+                       rerank_depth, max_tokens_per_doc)
         return m.SearchResults(await self._call(self._search.Search, req, idempotent=True, timeout=timeout,
                                                 name="Search"))
 

@@ -32,21 +32,22 @@ def auth_metadata(token: str | None) -> tuple:
 
 
 class Retry:
-    """Exponential backoff with jitter (0.1 s doubling to 2 s), for at most `attempts` tries, and never past
-    the call's deadline: with the defaults a call rides out a server restart of about half a minute.
+    """Exponential backoff with jitter (0.1 s doubling to 2 s) until the call's deadline, or for at most
+    `attempts` tries when that is set. Time, not a count, bounds it by default: a call with a 60 s deadline
+    rides out a server restart or a busy spell of up to a minute, however fast the machine.
 
     UNAVAILABLE (server restarting, connection lost) is retried for every call: the request did not run, or
     it is one the server treats as idempotent. RESOURCE_EXHAUSTED (a full queue, too many calls in flight) is
     retried only for idempotent calls, whose repetition cannot change the outcome."""
 
-    def __init__(self, attempts: int = 25, base: float = 0.1, cap: float = 2.0):
+    def __init__(self, attempts: int | None = None, base: float = 0.1, cap: float = 2.0):
         self.attempts, self.base, self.cap = attempts, base, cap
 
     def delay(self, code: grpc.StatusCode, idempotent: bool, attempt: int, remaining: float) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
         if code != grpc.StatusCode.UNAVAILABLE and not (idempotent and code == grpc.StatusCode.RESOURCE_EXHAUSTED):
             return None
-        if attempt + 1 >= self.attempts:
+        if self.attempts is not None and attempt + 1 >= self.attempts:
             return None
         d = min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.0)
         return d if d < remaining else None

@@ -31,9 +31,14 @@ def _client(args) -> Client:
                   timeout=args.timeout, retry=Retry(attempts=args.retries + 1))
 
 
+def _to_dict(message) -> dict:
+    # Zero values stay: a hit at recall_rank 0 or a score of 0.0 is an answer, not a missing field.
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
 def _as_json(message) -> str:
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2,
-                      ensure_ascii=False)
+    return json.dumps(_to_dict(message), indent=2, ensure_ascii=False)
 
 
 def _clip(text: str, width: int) -> str:
@@ -71,7 +76,7 @@ def _collections(args) -> int:
     with _client(args) as c:
         infos = [c.describe(name) for name in c.collections()]
     if args.json:
-        print(json.dumps([json_format.MessageToDict(i, preserving_proto_field_name=True) for i in infos], indent=2))
+        print(json.dumps([_to_dict(i) for i in infos], indent=2))
         return 0
     rows = [[i.collection, str(i.documents), str(i.passages),
              f"{i.chunking.max_tokens}/{i.chunking.overlap_tokens}" if i.chunking.max_tokens else "-",
@@ -90,7 +95,8 @@ def _search(args) -> int:
     rerank = False if args.no_rerank else (args.reranker or None)
     with _client(args) as c:
         hits = c.search(args.collection, args.query, top_n=args.top_n, mode=args.mode, filter=f, rerank=rerank,
-                        recall_k=args.recall_k)
+                        recall_k=args.recall_k, rerank_depth=args.rerank_depth,
+                        max_tokens_per_doc=args.max_tokens_per_doc)
     if args.json:
         print(_as_json(hits.response))
         return 0
@@ -156,7 +162,14 @@ def _client_flags(p, timeout: float = 60.0) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tandem", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="tandem", description="Tandem: two-stage retrieval (recall, then rerank). "
+                                "Client commands take --target, --token, --tls/--tls-ca and --json.")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        p.add_argument("--version", action="version", version=f"tandem {version('tandem-search')}")
+    except PackageNotFoundError:  # a source tree that was never installed
+        pass
     sub = p.add_subparsers(dest="command", required=True)
 
     from server import cli as server_cli
@@ -175,8 +188,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search a collection: ids, scores and the start of each text")
     s.add_argument("collection")
     s.add_argument("query")
-    s.add_argument("--top-n", type=int, default=10)
-    s.add_argument("--recall-k", type=int, default=0, help="candidates recalled and reranked (server default 100)")
+    s.add_argument("--top-n", type=int, default=10, help="hits to return, best first (10)")
+    s.add_argument("--recall-k", type=int, default=0, help="candidates recalled (server default 100)")
+    s.add_argument("--rerank-depth", type=int, default=0,
+                   help="recall candidates the reranker scores (server default: Info's limits.rerank_depth)")
+    s.add_argument("--max-tokens-per-doc", type=int, default=0,
+                   help="tokens of each candidate the reranker reads (server default: limits.max_tokens_per_doc)")
     s.add_argument("--mode", choices=["dense", "sparse", "hybrid"], default="dense")
     s.add_argument("--filter", action="append", default=[],
                    help="a metadata condition, repeatable (all must hold): 'year>=1990', 'tag in a,b', "
@@ -190,10 +207,10 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rerank", help="rerank documents given as arguments")
     r.add_argument("query")
     r.add_argument("documents", nargs="+", metavar="DOC")
-    r.add_argument("--top-n", type=int, default=0)
+    r.add_argument("--top-n", type=int, default=0, help="results to return, best first (0 = all)")
     r.add_argument("--model", default="", help="reranker to use (default: the server's)")
     r.add_argument("--chunk", action="store_true", help="score long documents by their best window")
-    r.add_argument("--width", type=int, default=70)
+    r.add_argument("--width", type=int, default=70, help="characters of text shown per result")
     _client_flags(r)
     r.set_defaults(fn=_rerank)
 

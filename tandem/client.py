@@ -91,6 +91,11 @@ class Client(Connection):
         return self.upsert_stream(collection, lambda: docs, batch_size=size, progress=progress,
                                   total=len(docs), timeout=timeout).upserted
 
+    def upsert_batch(self, collection: str, documents: Iterable, *, timeout: float | None = None):
+        """One Upsert call, returned whole: the UpsertResponse counts the documents and passages stored."""
+        req = index_pb2.UpsertRequest(collection=collection, documents=[m.document(d) for d in documents])
+        return self._call(self._index.Upsert, req, idempotent=True, timeout=timeout, name="Upsert")
+
     def upsert_stream(self, collection: str, documents: Callable[[], Iterable], *, batch_size: int | None = None,
                       progress: bool = False, total: int | None = None, timeout: float | None = None):
         """Stream `documents()` in batches over UpsertStream; returns the UpsertStreamResponse (counts of
@@ -117,10 +122,14 @@ class Client(Connection):
 
     def search(self, collection: str, query: str, top_n: int = 10, mode: str = "dense", filter=None, rerank=None,
                *, recall_k: int = 0, require_rerank: bool = False, exclude_text: bool = False,
+               rerank_depth: int = 0, max_tokens_per_doc: int = 0,
                timeout: float | None = None) -> m.SearchResults:
         """Hits best first. `rerank`: None (server default: on), False, a reranker name, or a cascade
-        [(model, keep), ...]. `filter`: built with `tandem.F`, or a {key: value} dict."""
-        req = m.search(collection, query, top_n, mode, filter, rerank, recall_k, require_rerank, exclude_text)
+        [(model, keep), ...]. `filter`: built with `tandem.F`, or a {key: value} dict. `rerank_depth` and
+        `max_tokens_per_doc`: how many candidates the reranker scores and how much of each it reads (0: the
+        server's defaults, in `info().limits`)."""
+        req = m.search(collection, query, top_n, mode, filter, rerank, recall_k, require_rerank, exclude_text,
+                       rerank_depth, max_tokens_per_doc)
         return m.SearchResults(self._call(self._search.Search, req, idempotent=True, timeout=timeout,
                                           name="Search"))
 

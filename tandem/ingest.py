@@ -1,4 +1,5 @@
-"""`tandem ingest`: stream a corpus into a collection over UpsertStream.
+"""`tandem ingest`: write a corpus into a collection in batches of Upserts, a few in flight; progress counts
+what the server acknowledged.
 
 Sources: a BEIR corpus.jsonl (`_id`, `title`, `text`), plain JSONL (`id`, `text`, `metadata`), a BEIR folder
 (holding corpus.jsonl), or a folder of .txt and .md files (id: the path inside the folder; metadata: path
@@ -60,8 +61,11 @@ def documents(source: Path) -> Iterator[Document]:
 
 
 def ingest(client: Client, collection: str, source: Path, *, batch: int = 64, create: bool = True,
-           progress: bool = True, language: str = "", chunk_tokens: int = 0, chunk_overlap: int = 0) -> dict:
-    """Create the collection (chunked when chunk_tokens is set) unless it exists, then stream the source."""
+           progress: bool = True, language: str = "", chunk_tokens: int = 0, chunk_overlap: int = 0,
+           in_flight: int = 4) -> dict:
+    """Create the collection (chunked when chunk_tokens is set) unless it exists, then write the source in
+    batches of unary Upserts, `in_flight` at a time. Progress counts what the server acknowledged (a batch is
+    stored when its Upsert returns), and documents with no text are counted apart: the server refuses them."""
     source = Path(source)
     if create:
         try:
@@ -70,23 +74,53 @@ def ingest(client: Client, collection: str, source: Path, *, batch: int = 64, cr
         except TandemError as exc:
             if exc.code.name != "ALREADY_EXISTS":
                 raise
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from tqdm import tqdm
+
     skipped: list[str] = []
-
-    def docs():  # re-read from the start if the stream has to be re-sent
-        skipped.clear()
-        for d in documents(source):
-            if d.text.strip():
-                yield d
-            else:  # the server refuses empty text; say so instead of failing
-                skipped.append(d.id)
-
-    total = sum(1 for _ in documents(source)) if progress else None
+    total = sum(1 for d in documents(source) if d.text.strip()) if progress else None
+    stored = passages = calls = 0
     start = time.perf_counter()
-    resp = client.upsert_stream(collection, docs, batch_size=batch, progress=progress, total=total)
+
+    def upsert(docs):  # idempotent by id, so the client retries it through a restart
+        return client.upsert_batch(collection, docs)
+
+    with ThreadPoolExecutor(in_flight) as pool, tqdm(total=total, unit="doc", disable=not progress,
+                                                      file=sys.stderr) as bar:
+        pending: set = set()
+        current: list = []
+
+        def settle(done) -> None:
+            nonlocal stored, passages, calls
+            for f in done:
+                r = f.result()
+                stored, passages, calls = stored + r.upserted, passages + r.passages, calls + 1
+                bar.update(r.upserted)
+
+        def send() -> None:
+            nonlocal pending
+            if len(pending) >= in_flight:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                settle(done)
+            pending.add(pool.submit(upsert, list(current)))
+            current.clear()
+
+        for d in documents(source):
+            if not d.text.strip():
+                skipped.append(d.id)
+                bar.set_postfix(skipped=len(skipped), refresh=False)
+                continue
+            current.append(d)
+            if len(current) >= batch:
+                send()
+        if current:
+            send()
+        settle(wait(pending).done)
     seconds = time.perf_counter() - start
-    return {"documents": resp.upserted, "passages": resp.passages, "messages": resp.requests, "seconds": seconds,
-            "skipped_empty": list(skipped), "docs_per_second": resp.upserted / seconds if seconds else 0.0,
-            "passages_per_second": resp.passages / seconds if seconds else 0.0}
+    return {"documents": stored, "passages": passages, "messages": calls, "seconds": seconds,
+            "skipped_empty": list(skipped), "docs_per_second": stored / seconds if seconds else 0.0,
+            "passages_per_second": passages / seconds if seconds else 0.0}
 
 
 def print_report(r: dict, out=sys.stdout) -> None:

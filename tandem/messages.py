@@ -16,6 +16,18 @@ MODES = {"dense": search_pb2.SEARCH_MODE_DENSE, "hybrid": search_pb2.SEARCH_MODE
          "sparse": search_pb2.SEARCH_MODE_SPARSE}
 
 
+
+def plain(value):
+    """JSON as it was stored: protobuf's Struct holds every number as a double, so 1962 comes back as 1962.0;
+    whole numbers that a double holds exactly become ints again."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
 @dataclass
 class Document:
     id: str
@@ -39,7 +51,7 @@ class SearchResults(list):
     """The hits, best first; also `.reranked`, `.degraded_reason`, `.timings` and the raw `.response`."""
 
     def __init__(self, response: search_pb2.SearchResponse):
-        super().__init__(Hit(h.id, h.score, h.text, json_format.MessageToDict(h.metadata), h.recall_score,
+        super().__init__(Hit(h.id, h.score, h.text, plain(json_format.MessageToDict(h.metadata)), h.recall_score,
                              h.recall_rank, h.passage, h.passage_offset) for h in response.hits)
         self.response = response
         self.reranked = response.reranked
@@ -83,13 +95,15 @@ def create_collection(name: str, embedder: str | None, language: str | None, chu
 
 
 def search(collection: str, query: str, top_n: int, mode: str, filter, rerank, recall_k: int,
-           require_rerank: bool, exclude_text: bool) -> search_pb2.SearchRequest:
+           require_rerank: bool, exclude_text: bool, rerank_depth: int = 0,
+           max_tokens_per_doc: int = 0) -> search_pb2.SearchRequest:
     """`rerank`: None (the server default: on), True/False, a reranker name, or a cascade as
     [(model, keep), ...]."""
     if mode not in MODES:
         raise ValueError(f"mode is {mode!r}; use one of {', '.join(MODES)}")
     req = search_pb2.SearchRequest(collection=collection, query=query, top_n=top_n, recall_k=recall_k,
-                                   mode=MODES[mode], require_rerank=require_rerank, exclude_text=exclude_text)
+                                   mode=MODES[mode], require_rerank=require_rerank, exclude_text=exclude_text,
+                                   rerank_depth=rerank_depth, max_tokens_per_doc=max_tokens_per_doc)
     f = to_proto(filter)
     if f is not None:
         req.filter.CopyFrom(f)

@@ -30,7 +30,9 @@ class ServerProcess:
         self.metrics_port = free_port()
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-host", "127.0.0.1",
                      "--metrics-port", str(self.metrics_port), *args]
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        # No drain delay unless a test asks for one (flags beat the environment): every test stops its servers.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "TANDEM_DRAIN_DELAY_SECONDS": "0", **(env or {})}
         self.log_path = self.workdir / log_name
         self.proc: subprocess.Popen | None = None
 

@@ -52,6 +52,18 @@ def test_ingest_plain_jsonl_and_a_text_folder(server, ingested):
         assert {h.id for h in hits} == {"wings.md", "sub/plates.txt"}
         hit = c.search("cli_jsonl", "library subject headings", top_n=1, rerank=False)[0]
         assert hit.id == "j2" and hit.metadata == {"kind": "jsonl", "i": 2}
+        assert type(hit.metadata["i"]) is int  # whole numbers come back as stored, not as 2.0
+
+
+def test_ingest_progress_counts_what_was_stored_and_skipped_documents_apart(server, tmp_path):
+    rows = [{"id": f"p{i}", "text": f"document {i} about wings and plates"} for i in range(5)]
+    rows.insert(2, {"id": "empty", "text": "  "})
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = tandem(server, "ingest", str(tmp_path / "docs.jsonl"), "--collection", "cli_progress", "--batch", "2")
+    assert "5/5" in r.stderr and "skipped=1" in r.stderr, r.stderr  # the total excludes the empty document
+    assert "ingested 5 documents" in r.stdout and "skipped 1 documents with no text: empty" in r.stdout
+    with Client(server.target) as c:
+        assert c.describe("cli_progress").documents == 5
 
 
 def test_ingest_chunked_from_beir(server, tmp_path):

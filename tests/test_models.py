@@ -177,7 +177,7 @@ def test_cascade_equals_the_same_stages_done_by_hand(ms, texts):
     ms.index.Upsert(index_pb2.UpsertRequest(collection="cascade", documents=_docs(docs, 120)), timeout=120)
     for q in queries[:4]:
         r = ms.search.Search(search_pb2.SearchRequest(
-            collection="cascade", query=q, recall_k=60, top_n=5,
+            collection="cascade", query=q, recall_k=60, top_n=5, rerank_depth=60, max_tokens_per_doc=512,
             rerank_stages=[search_pb2.RerankStage(model="tiny", keep=15), search_pb2.RerankStage(model="mini")]),
             timeout=120)
         assert r.reranked and not r.degraded_reason
@@ -201,8 +201,9 @@ def test_an_overloaded_stage_is_skipped_and_named(ms, texts):
     q = texts[0][5]
     stages = [search_pb2.RerankStage(model="tiny", keep=20), search_pb2.RerankStage(model="mini")]
     r = ms.search.Search(search_pb2.SearchRequest(collection="cascade", query=q, recall_k=100, top_n=5,
-                                                  rerank_stages=stages), timeout=120)
-    assert r.reranked and "rerank stage 1 (tiny) skipped: Overloaded" in r.degraded_reason
+                                                  rerank_depth=100, max_tokens_per_doc=512, rerank_stages=stages),
+                         timeout=120)
+    assert r.reranked and "rerank stage 1 (tiny) skipped because the reranker is overloaded" in r.degraded_reason
     st = r.timings.rerank_stages
     assert [(s.model, s.scored, s.skipped) for s in st] == [("tiny", 0, True), ("mini", 20, False)]
     # The skipped stage kept recall's best 20, in recall order; the second stage ranked those.
@@ -213,7 +214,8 @@ def test_an_overloaded_stage_is_skipped_and_named(ms, texts):
     assert [h.id for h in r.hits] == [recall[x.index].id for x in by_hand]
     with pytest.raises(grpc.RpcError) as e:
         ms.search.Search(search_pb2.SearchRequest(collection="cascade", query=q, recall_k=100, top_n=5,
-                                                  rerank_stages=stages, require_rerank=True), timeout=120)
+                                                  rerank_depth=100, rerank_stages=stages, require_rerank=True),
+                         timeout=120)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

@@ -186,3 +186,23 @@ def test_token_counts_match_the_transformers_call(tmp_path):
             assert count(pairs) == [len(x) for x in want["input_ids"]]
             want = tok(texts + odd, truncation=True, max_length=max_length)
             assert count(texts + odd) == [len(x) for x in want["input_ids"]]
+
+
+def test_the_pass_cost_is_refitted_from_served_passes():
+    """A plan measured beside a busy neighbour is not kept for good: the fit follows the passes actually run."""
+    import random
+
+    from workers.passes import CostFit
+
+    rng = random.Random(1)
+    fit, refits = CostFit(window=128, every=64), []
+    for _ in range(256):
+        tokens = rng.randint(20, 600)
+        refit = fit.observe(tokens, (0.004 + 0.00004 * tokens) * rng.uniform(0.95, 1.05))
+        if refit is not None:
+            refits.append(refit)
+    assert len(refits) == 4
+    assert refits[-1].fixed_seconds == pytest.approx(0.004, rel=0.25)
+    assert refits[-1].token_seconds == pytest.approx(0.00004, rel=0.1)
+    same = CostFit(every=8)
+    assert all(same.observe(100, 0.01) is None for _ in range(64))  # one size only: nothing to fit

@@ -174,7 +174,8 @@ def test_bf16_embedder_keeps_ndcg(dataset):
 @pytest.mark.parametrize("args, words", [
     (["--precision", "fp16"], "use --precision"),
     (["--precision", "int8", "--device", "cpu", "--backend", "openvino"], "use --backend torch or onnxruntime"),
-    (["--precision", "bf16", "--device", "cpu", "--backend", "onnxruntime"], "runs fp32 or int8"),
+    pytest.param(["--precision", "bf16", "--device", "cpu", "--backend", "onnxruntime"], "runs fp32 or int8",
+                 marks=needs_bf16),
     (["--backend", "onnx"], "auto, torch, openvino, onnxruntime"),
     (["--precision", "double"], "auto, fp32, bf16, fp16, int8"),
 ])

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tandem.v1 import (document_pb2, index_pb2, index_pb2_grpc, rerank_pb2, rerank_pb2_grpc, search_pb2,
-                       search_pb2_grpc)
+from tandem.v1 import (document_pb2, embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, rerank_pb2,
+                       rerank_pb2_grpc, search_pb2, search_pb2_grpc)
 from tests.conftest import load_beir
 from tests.metricsparse import value
 from tests.serverproc import ServerProcess, free_port
@@ -156,12 +156,15 @@ def slow(minilm_ce, tmp_path_factory, corpus):
 def test_search_degrades_when_rerank_cannot_meet_the_deadline(slow, corpus):
     with slow.channel() as ch:
         search = search_pb2_grpc.SearchServiceStub(ch)
-        req = search_pb2.SearchRequest(collection="c", query=corpus[5]["title"], top_n=5, recall_k=200)
+        req = search_pb2.SearchRequest(collection="c", query=corpus[5]["title"], top_n=5, recall_k=200,
+                                       rerank_depth=200, max_tokens_per_doc=512)
         start = time.monotonic()
         r = search.Search(req, timeout=1.0)  # 200 abstracts need several seconds of CPU reranking
         assert time.monotonic() - start < 1.0
-        assert not r.reranked and "DeadlineExceeded" in r.degraded_reason and len(r.hits) == 5
+        assert not r.reranked and "skipped because it could not finish before the call's deadline" in \
+            r.degraded_reason and len(r.hits) == 5
         assert [h.recall_rank for h in r.hits] == [0, 1, 2, 3, 4]
+        assert value(slow.metrics_text(), "tandem_search_degraded_total", reason="deadline_exceeded") >= 1
         req.require_rerank = True
         with pytest.raises(grpc.RpcError) as e:
             search.Search(req, timeout=1.0)
@@ -178,7 +181,7 @@ def test_search_degrades_when_rerank_queue_is_full(slow, corpus):
                 for _ in range(2)]  # 400 pairs: the queue is at capacity
         time.sleep(0.5)
         r = search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50), timeout=30)
-        assert not r.reranked and "Overloaded" in r.degraded_reason and r.hits
+        assert not r.reranked and "rerank skipped because the reranker is overloaded" in r.degraded_reason and r.hits
         with pytest.raises(grpc.RpcError) as e:
             search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50, require_rerank=True),
                           timeout=30)
@@ -243,6 +246,47 @@ def test_sigterm_drains_every_accepted_request(slow, minilm_ce, tmp_path, corpus
     # Calls that started after the signal are refused cleanly; none accepted before it was lost.
     assert all(c in (grpc.StatusCode.UNAVAILABLE,) for c in errors), errors
     assert "draining" in s.log()
+
+
+def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(tmp_path, minilm_ce, corpus):
+    """A mesh's view of a rolling restart: health NOT_SERVING at once, calls still answered for the drain delay,
+    then Searches whose rerank would outlast the grace return their recall results, flagged degraded."""
+    s = ServerProcess(tmp_path, "--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri",
+                      str(tmp_path / "m.db"), "--drain-delay-seconds", "3", "--grace-seconds", "4",
+                      "--warmup", "false").start()
+    with s.channel() as ch:
+        index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
+        index_pb2_grpc.IndexServiceStub(ch).Upsert(index_pb2.UpsertRequest(collection="c",
+                                                                           documents=documents(corpus)), timeout=600)
+        search = search_pb2_grpc.SearchServiceStub(ch)
+        # Four Searches reranking 300 abstracts each: far more than the 7 s of delay and grace on any CPU.
+        busy = [search.Search.future(search_pb2.SearchRequest(collection="c", query=corpus[i]["title"], top_n=5,
+                                                              recall_k=300, rerank_depth=300, max_tokens_per_doc=512),
+                                     timeout=600) for i in range(4)]
+        time.sleep(1.0)
+        probes: list[tuple[float, str]] = []
+        s.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        late_call = None
+        while s.proc.poll() is None and time.monotonic() - signalled < 120:
+            try:
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(health(ch))
+            except grpc.RpcError as e:
+                status = e.code().name
+            probes.append((time.monotonic() - signalled, status))
+            if late_call is None and time.monotonic() - signalled > 0.5:  # inside the drain delay: still served
+                late_call = embed_pb2_grpc.EmbedServiceStub(ch).Embed(embed_pb2.EmbedRequest(texts=["a wing"]),
+                                                                     timeout=30)
+            time.sleep(0.1)
+        results = [f.result() for f in busy]
+    assert s.proc.wait(60) == 0, s.log()[-3000:]
+    assert all(st != "SERVING" for t, st in probes if t > 1.0), probes
+    assert max(t for t, st in probes if st == "NOT_SERVING") >= 2.5, probes  # the listener stayed up for the delay
+    assert late_call is not None and len(late_call.embeddings) == 1
+    degraded = [r for r in results if not r.reranked]
+    assert degraded and all(len(r.hits) == 5 and "the server is shutting down" in r.degraded_reason
+                            for r in degraded), [r.degraded_reason for r in results]
+    assert "NOT_SERVING now, serving 3.0s more" in s.log()
 
 
 # -- crash durability --------------------------------------------------------------------------------------------

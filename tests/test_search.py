@@ -93,6 +93,34 @@ def test_search_reranks_by_default(stubs, collection, corpus):
     assert len({h.recall_rank for h in r.hits}) == 5
 
 
+def test_rerank_depth_and_tokens_per_document(stubs, collection, corpus, tiny_ce):
+    from server.chunking import Splitter
+    from tandem.v1 import info_pb2, rerank_pb2
+    from transformers import AutoTokenizer
+
+    limits = stubs.info.Info(info_pb2.InfoRequest(), timeout=10).limits
+    assert (limits.rerank_depth, limits.max_tokens_per_doc) == (50, 128)  # the CPU defaults (server/config.py)
+    q = corpus[7]["title"]
+    recall = search(stubs, query=q, top_n=10, recall_k=10, rerank=False).hits
+    r = search(stubs, query=q, top_n=10, recall_k=10, rerank_depth=3)
+    assert r.reranked
+    # The best three of recall are reranked among themselves; the rest follow in recall order, with score 0.
+    assert sorted(h.recall_rank for h in r.hits[:3]) == [0, 1, 2]
+    assert [h.score for h in r.hits[:3]] == sorted((h.score for h in r.hits[:3]), reverse=True)
+    assert [h.id for h in r.hits[3:]] == [h.id for h in recall[3:]] and all(h.score == 0 for h in r.hits[3:])
+    # A token budget scores each document's opening: the same score as sending that opening alone.
+    doc = corpus[7]["text"] * 3
+    head = Splitter(AutoTokenizer.from_pretrained(tiny_ce)).head(doc, 12)
+    assert 0 < len(head) < len(doc) and doc.startswith(head)
+    cut = stubs.rerank.Rerank(rerank_pb2.RerankRequest(query=q, documents=[doc], max_tokens_per_doc=12,
+                                                       raw_scores=True, return_documents=True), timeout=30)
+    alone = stubs.rerank.Rerank(rerank_pb2.RerankRequest(query=q, documents=[head], raw_scores=True), timeout=30)
+    assert cut.results[0].relevance_score == pytest.approx(alone.results[0].relevance_score, abs=1e-5)
+    assert cut.results[0].document == doc  # the document comes back whole
+    whole = stubs.rerank.Rerank(rerank_pb2.RerankRequest(query=q, documents=[doc], raw_scores=True), timeout=30)
+    assert whole.results[0].relevance_score != pytest.approx(cut.results[0].relevance_score, abs=1e-4)
+
+
 def cond(field, op, value=None):
     c = filter_pb2.Condition(field=field, op=op)
     if value is not None:

@@ -120,6 +120,7 @@ class Batcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
         # The device's thread team (workers/team.py), for a backend whose threads it sets (torch on a CPU).
         self.team = team
+        self._cost_fit = passes.CostFit()  # keeps backend.pass_cost true to the passes actually run
         self._running: Future | None = None  # the latest batch handed to the compute thread
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -280,9 +281,14 @@ class Batcher:
             except Exception as exc:
                 result = exc
             seconds = time.perf_counter() - t0
-            if team and not isinstance(result, Exception):
+            if cost is not None and not isinstance(result, Exception):
                 padded = max(e.cost for e in group) * len(group)
-                team.observe(size, seconds, cost.fixed_seconds + cost.token_seconds * padded)
+                if team:
+                    team.observe(size, seconds, cost.fixed_seconds + cost.token_seconds * padded)
+                if not team or size == team.sizes[0]:  # the cost model is the full team's
+                    refit = self._cost_fit.observe(padded, seconds)
+                    if refit is not None:
+                        self.backend.pass_cost = cost = refit
             settle(group, result, seconds, i == len(groups) - 1)
 
     def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float = 0.0,

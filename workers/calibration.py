@@ -37,8 +37,9 @@ def pairs() -> list[tuple[str, str]]:
 
 
 def texts() -> list[str]:
-    """What an embedder is calibrated on: each group's query, then its passages (same grouping, 17 a group)."""
-    return [t for q, ps in groups() for t in (q, *ps)]
+    """What an embedder is calibrated on: each group's query, then its passages (17 a group), for the first half
+    of the groups: cosine is judged per text, so 102 texts tell as much as 204, in half the start-up time."""
+    return [t for q, ps in groups()[:GROUPS // 2] for t in (q, *ps)]
 
 
 def _generate(folder: Path) -> dict:

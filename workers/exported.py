@@ -22,6 +22,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def default_cache_dir() -> Path:
+    """--cache-dir's default: TANDEM_CACHE_DIR (what the server reads too), else $XDG_CACHE_HOME/tandem."""
+    if os.environ.get("TANDEM_CACHE_DIR"):
+        return Path(os.environ["TANDEM_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tandem"
 
 
@@ -97,3 +100,10 @@ class ExportedEmbedderBackend(_Exported, EmbedderBackend):
         if not np.isfinite(emb).all():
             raise FloatingPointError("model produced a non-finite embedding")
         return list(emb)
+
+
+def backend_classes(backend: str, runtime, prefix: str) -> tuple[type, type]:
+    """`prefix`CrossEncoderBackend and `prefix`EmbedderBackend for one runtime module (the module docstring)."""
+    attrs = {"backend": backend, "runtime": runtime, "__module__": runtime.__name__}
+    return (type(f"{prefix}CrossEncoderBackend", (ExportedCrossEncoderBackend,), attrs),
+            type(f"{prefix}EmbedderBackend", (ExportedEmbedderBackend,), attrs))

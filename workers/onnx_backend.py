@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from workers.exported import ExportedCrossEncoderBackend, ExportedEmbedderBackend, atomic_write, example_inputs
+from workers.exported import atomic_write, backend_classes, example_inputs
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")
@@ -89,11 +89,4 @@ def compile(st_model, kind: str, precision: str, folder: Path, threads: int):
     return infer
 
 
-class OnnxCrossEncoderBackend(ExportedCrossEncoderBackend):
-    backend = "onnxruntime"
-    runtime = sys.modules[__name__]
-
-
-class OnnxEmbedderBackend(ExportedEmbedderBackend):
-    backend = "onnxruntime"
-    runtime = sys.modules[__name__]
+OnnxCrossEncoderBackend, OnnxEmbedderBackend = backend_classes("onnxruntime", sys.modules[__name__], "Onnx")

@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from workers.exported import ExportedCrossEncoderBackend, ExportedEmbedderBackend, atomic_write, example_inputs
+from workers.exported import atomic_write, backend_classes, example_inputs
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
@@ -53,11 +53,4 @@ def compile(st_model, kind: str, precision: str, folder: Path, threads: int):
     return infer
 
 
-class OpenVINOCrossEncoderBackend(ExportedCrossEncoderBackend):
-    backend = "openvino"
-    runtime = sys.modules[__name__]
-
-
-class OpenVINOEmbedderBackend(ExportedEmbedderBackend):
-    backend = "openvino"
-    runtime = sys.modules[__name__]
+OpenVINOCrossEncoderBackend, OpenVINOEmbedderBackend = backend_classes("openvino", sys.modules[__name__], "OpenVINO")

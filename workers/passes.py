@@ -79,3 +79,32 @@ def measure(run, measure_lengths, small: list[Any], large: list[Any], repeats: i
     overhead = max(0.0, (tokens[1] - r * tokens[0]) / (r - 1))
     per_token = fastest / (overhead + tokens[0])
     return PassCost(per_token * overhead, per_token)
+
+
+class CostFit:
+    """PassCost refitted from the passes a server actually runs, so the load-time measurement (which a busy
+    neighbour at that moment can skew) does not fix the batching plan for good. Every `every` passes, a least
+    squares line through the last `window` (padded tokens, seconds) pairs replaces the cost, when the passes
+    were of different enough sizes to tell the two parts apart and both come out positive."""
+
+    def __init__(self, window: int = 128, every: int = 64):
+        self.window, self.every = window, every
+        self._obs: list[tuple[int, float]] = []
+        self._seen = 0
+
+    def observe(self, tokens: int, seconds: float) -> PassCost | None:
+        """Record one pass; a new PassCost when it is time to refit and the fit is sound, else None."""
+        self._obs.append((tokens, seconds))
+        del self._obs[:-self.window]
+        self._seen += 1
+        if self._seen % self.every or len(self._obs) < self.every:
+            return None
+        xs = [t for t, _ in self._obs]
+        if max(xs) < 2 * min(xs):
+            return None  # all passes alike: the two parts cannot be told apart
+        n, mx = len(xs), sum(xs) / len(xs)
+        my = sum(s for _, s in self._obs) / n
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (s - my) for x, s in self._obs) / sxx
+        fixed = my - slope * mx
+        return PassCost(fixed, slope) if slope > 0 and fixed > 0 else None

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_documents_per_request", "max_batch_size", "max_batch_tokens", "queue_capacity", "max_concurrent_requests", "max_text_bytes", "max_message_bytes", "max_recall_k", "max_wait_ms")
+    __slots__ = ("max_documents_per_request", "max_batch_size", "max_batch_tokens", "queue_capacity", "max_concurrent_requests", "max_text_bytes", "max_message_bytes", "max_recall_k", "max_wait_ms", "rerank_depth", "max_tokens_per_doc")
     MAX_DOCUMENTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,8 @@ class Limits(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_RECALL_K_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_DOC_FIELD_NUMBER: _ClassVar[int]
     max_documents_per_request: int
     max_batch_size: int
     max_batch_tokens: int
@@ -31,7 +33,9 @@ class Limits(_message.Message):
     max_message_bytes: int
     max_recall_k: int
     max_wait_ms: float
-    def __init__(self, max_documents_per_request: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_recall_k: _Optional[int] = ..., max_wait_ms: _Optional[float] = ...) -> None: ...
+    rerank_depth: int
+    max_tokens_per_doc: int
+    def __init__(self, max_documents_per_request: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_recall_k: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., rerank_depth: _Optional[int] = ..., max_tokens_per_doc: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("version", "models", "limits", "default_reranker", "default_embedder", "storage")

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/rerank.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xaf\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x30\n\x0elong_documents\x18\x07 \x01(\x0e\x32\x18.tandem.v1.LongDocuments\"v\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0frelevance_score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x15\n\rwindow_offset\x18\x04 \x01(\r\x12\x15\n\rwindow_length\x18\x05 \x01(\r\"j\n\x0eRerankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.tandem.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage*f\n\rLongDocuments\x12\x1e\n\x1aLONG_DOCUMENTS_UNSPECIFIED\x10\x00\x12\x1b\n\x17LONG_DOCUMENTS_TRUNCATE\x10\x01\x12\x18\n\x14LONG_DOCUMENTS_CHUNK\x10\x02\x32N\n\rRerankService\x12=\n\x06Rerank\x12\x18.tandem.v1.RerankRequest\x1a\x19.tandem.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/rerank.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xcb\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x30\n\x0elong_documents\x18\x07 \x01(\x0e\x32\x18.tandem.v1.LongDocuments\x12\x1a\n\x12max_tokens_per_doc\x18\x08 \x01(\r\"v\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x17\n\x0frelevance_score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x15\n\rwindow_offset\x18\x04 \x01(\r\x12\x15\n\rwindow_length\x18\x05 \x01(\r\"j\n\x0eRerankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.tandem.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage*f\n\rLongDocuments\x12\x1e\n\x1aLONG_DOCUMENTS_UNSPECIFIED\x10\x00\x12\x1b\n\x17LONG_DOCUMENTS_TRUNCATE\x10\x01\x12\x18\n\x14LONG_DOCUMENTS_CHUNK\x10\x02\x32N\n\rRerankService\x12=\n\x06Rerank\x12\x18.tandem.v1.RerankRequest\x1a\x19.tandem.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.rerank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LONGDOCUMENTS']._serialized_start=467
-  _globals['_LONGDOCUMENTS']._serialized_end=569
+  _globals['_LONGDOCUMENTS']._serialized_start=495
+  _globals['_LONGDOCUMENTS']._serialized_end=597
   _globals['_RERANKREQUEST']._serialized_start=62
-  _globals['_RERANKREQUEST']._serialized_end=237
-  _globals['_RERANKRESULT']._serialized_start=239
-  _globals['_RERANKRESULT']._serialized_end=357
-  _globals['_RERANKRESPONSE']._serialized_start=359
-  _globals['_RERANKRESPONSE']._serialized_end=465
-  _globals['_RERANKSERVICE']._serialized_start=571
-  _globals['_RERANKSERVICE']._serialized_end=649
+  _globals['_RERANKREQUEST']._serialized_end=265
+  _globals['_RERANKRESULT']._serialized_start=267
+  _globals['_RERANKRESULT']._serialized_end=385
+  _globals['_RERANKRESPONSE']._serialized_start=387
+  _globals['_RERANKRESPONSE']._serialized_end=493
+  _globals['_RERANKSERVICE']._serialized_start=599
+  _globals['_RERANKSERVICE']._serialized_end=677
 # @@protoc_insertion_point(module_scope)

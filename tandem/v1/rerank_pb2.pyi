@@ -18,7 +18,7 @@ LONG_DOCUMENTS_TRUNCATE: LongDocuments
 LONG_DOCUMENTS_CHUNK: LongDocuments
 
 class RerankRequest(_message.Message):
-    __slots__ = ("query", "documents", "top_n", "return_documents", "raw_scores", "model", "long_documents")
+    __slots__ = ("query", "documents", "top_n", "return_documents", "raw_scores", "model", "long_documents", "max_tokens_per_doc")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class RerankRequest(_message.Message):
     RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LONG_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_DOC_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedScalarFieldContainer[str]
     top_n: int
@@ -33,7 +34,8 @@ class RerankRequest(_message.Message):
     raw_scores: bool
     model: str
     long_documents: LongDocuments
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., raw_scores: _Optional[bool] = ..., model: _Optional[str] = ..., long_documents: _Optional[_Union[LongDocuments, str]] = ...) -> None: ...
+    max_tokens_per_doc: int
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., raw_scores: _Optional[bool] = ..., model: _Optional[str] = ..., long_documents: _Optional[_Union[LongDocuments, str]] = ..., max_tokens_per_doc: _Optional[int] = ...) -> None: ...
 
 class RerankResult(_message.Message):
     __slots__ = ("index", "relevance_score", "document", "window_offset", "window_length")
