@@ -1,5 +1,5 @@
 """How deep and how long Search reranks on a CPU: the measurement behind the defaults of --rerank-depth and
---max-tokens-per-doc (scenario 15).
+--max-tokens-per-doc (scenario 17).
 
     .venv/bin/python -m benchmarks.depth [--queries 20] [--out bench-results/depth.json]
 

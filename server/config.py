@@ -204,7 +204,7 @@ class Config:
 
 
 # Search's rerank defaults on a CPU: a reranked Search over Cranfield answers in about a second on 2 cores
-# (docs/benchmarks.md, scenario 15), and published cross-encoder results put most of the gain in the top few
+# (docs/benchmarks.md, scenario 17), and published cross-encoder results put most of the gain in the top few
 # dozen candidates. A GPU reranks every candidate at full length within the same time.
 AUTO_RERANK_DEPTH = {"cpu": 50, "cuda": 0}
 AUTO_TOKENS_PER_DOC = {"cpu": 128, "cuda": 0}

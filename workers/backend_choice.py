@@ -8,7 +8,8 @@ fixed calibration set (workers/calibration.py) in batches of one group, as serve
   least 0.999 and at least 99% of groups have the same top passage; an embedder when every embedding's cosine
   with the reference is at least 0.999. An option asked for by name (`--precision int8`) is not gated, only
   reported;
-- then, if it passed, `repeats` more times, timed, keeping the fastest run (a neighbour only ever slows a run
+- then, if it passed, `repeats` more times, timed (an option must be more than 5% faster than an earlier one to
+  be preferred to it), keeping the fastest run (a neighbour only ever slows a run
   down; the first run is a warm-up, since kernels are chosen per shape on first use). One that failed the gate
   is not timed again: the table shows its warm-up speed, marked ~.
 The decision is cached per model files, runtime versions, CPU model, thread count and option list, so a restart
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 MIN_SPEARMAN = 0.999
 MIN_SAME_TOP = 0.99
 MIN_COSINE = 0.999
+NEAR = 1.05  # speeds this close are a tie (see choose)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,9 @@ def choose(kind: str, options: Sequence[Option], build: Callable[[Option], objec
         except Exception as exc:  # an option this model cannot run (causal LM on OpenVINO, missing package)
             trial.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             continue
-        if trial.passed and (best is None or trial.items_per_second > best.items_per_second):
+        # An option must beat the best so far by more than NEAR to replace it: one timed run cannot tell 3% apart,
+        # and a tie goes to the option listed first (torch, whose thread team Tandem resizes under contention).
+        if trial.passed and (best is None or trial.items_per_second > best.items_per_second * NEAR):
             best, best_backend = trial, backend
         del backend
     del reference_backend

@@ -70,7 +70,7 @@ def compile(st_model, kind: str, precision: str, folder: Path, threads: int):
         if not path.exists():
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            logging.disable(logging.INFO)  # the quantiser logs a line per tensor on the root logger
+            logging.disable(logging.WARNING)  # the quantiser logs a line per tensor, and advice, on the root logger
             try:
                 atomic_write(path, lambda tmp: quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8))
             finally:
