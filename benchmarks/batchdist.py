@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
-from tests.checkpoints import minilm_cross_encoder
-from tests.conftest import load_beir
-from tests.metricsparse import histogram_buckets
-from tests.serverproc import ServerProcess
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.data import load_beir
+from tests.support.metricsparse import histogram_buckets
+from tests.support.serverproc import ServerProcess
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Long documents (scenario 13, `tandem bench --only s13`).
 
-Every Cranfield abstract behind at least 1,000 tokens of CISI filler (tests/longdocs.py), in three collections
+Every Cranfield abstract behind at least 1,000 tokens of CISI filler (tests/support/longdocs.py), in three collections
 on one server: the plain abstracts, the long documents chunked (128-token passages, 16 overlapping), and the
 long documents unchunked. It reports:
   - nDCG@10, MRR@10 and R@100 of dense recall (no rerank: the test reranker is untrained) on each;
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tests.longdocs import cranfield, lengthen
+from tests.support.longdocs import cranfield, lengthen
 
 CHUNK = (128, 16)
 
@@ -25,10 +25,10 @@ CHUNK = (128, 16)
 def s13_long_documents(bench) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from server.chunking import Splitter
+    from tandem.server.chunking import Splitter
     from tandem.evaluate import score
-    from server.models import resolve
-    from server.models import load_embedder
+    from tandem.server.models import resolve
+    from tandem.server.models import load_embedder
     from tandem.v1 import document_pb2, index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
 
     prec = load_embedder(resolve("sentence-transformers/all-MiniLM-L6-v2").path, "cpu", False)  # the served default

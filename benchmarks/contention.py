@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO
 
 SPIN = """
 import sys, time
@@ -39,7 +39,7 @@ while True:
 
 
 def main(duties=(0.0, 0.075, 0.15), rounds: int = 4, batch: int = 16) -> dict:
-    from server.models import load_reranker
+    from tandem.server.models import load_reranker
 
     data = REPO / "datasets" / "cranfield"
     titles = [t for t in (json.loads(x)["title"] for x in (data / "corpus.jsonl").read_text().splitlines()) if t]
@@ -79,14 +79,14 @@ def teams(rounds: int = 3, batch: int = 16) -> dict:
 
     import torch
 
-    from server.models import load_reranker
+    from tandem.server.models import load_reranker
 
     data = REPO / "datasets" / "cranfield"
     titles = [t for t in (json.loads(x)["title"] for x in (data / "corpus.jsonl").read_text().splitlines()) if t]
     queries = [json.loads(x)["text"] for x in (data / "queries.jsonl").read_text().splitlines()]
     pairs = [(queries[i % len(queries)], titles[i % len(titles)]) for i in range(256)]
     ce = minilm_cross_encoder(Path(tempfile.mkdtemp(prefix="tandem-cont-")) / "ce")
-    from server.precision import cpu_bf16_flag
+    from tandem.server.precision import cpu_bf16_flag
 
     models = {p: load_reranker(ce, "cpu", False, p, "torch") for p in ("fp32", *(["bf16"] if cpu_bf16_flag() else []))}
     full = torch.get_num_threads()

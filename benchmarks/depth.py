@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO, ServerProcess
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO, ServerProcess
 
 DEPTHS = (25, 50, 100)
 TOKENS = (64, 128, 256, 512)  # 512: the model's whole window, i.e. no cut

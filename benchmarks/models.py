@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from tests.checkpoints import minilm_cross_encoder, tiny_cross_encoder
+from tests.support.checkpoints import minilm_cross_encoder, tiny_cross_encoder
 
 
 def _passage(text: str, words: int = 60) -> str:

@@ -18,14 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO
 
 
 def main(blocks: int = 6, calls: int = 40) -> dict:
     from sentence_transformers import CrossEncoder
 
-    from workers.backends import CrossEncoderBackend
+    from tandem.workers.backends import CrossEncoderBackend
 
     path = minilm_cross_encoder(Path(tempfile.mkdtemp(prefix="tandem-omp-")) / "ce")
     backend = CrossEncoderBackend(CrossEncoder(path, device="cpu"), "ce")

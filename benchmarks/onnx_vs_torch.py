@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def _raw_rates(model, pairs, reps: int = 1) -> dict:
 
 def _pass_stats(window: dict) -> dict:
     """From the server's metrics at the window's edges: pass size, padding, and the compute thread's busy share."""
-    from tests.metricsparse import value
+    from tests.support.metricsparse import value
 
     before, after = window["metrics"]
     d = {k: value(after, k, worker="reranker") - value(before, k, worker="reranker")
@@ -49,7 +49,7 @@ def _pass_stats(window: dict) -> dict:
 
 
 def s14_length_split(bench) -> None:
-    from server.models import load_reranker
+    from tandem.server.models import load_reranker
 
     raw = load_reranker(bench.ce_path, "cpu", False)  # the servers' default, from the same cached choice
     titles = [r["title"] for r in bench.rows if r["title"].strip()]

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO, ServerProcess, free_port
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO, ServerProcess, free_port
 
 DATA = REPO / "datasets" / "cranfield"
 SPIN = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default="", help="comma-separated server labels to run")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "peers.json")
     args = p.parse_args(argv)
-    from server.precision import cpu_bf16_flag
+    from tandem.server.precision import cpu_bf16_flag
 
     tmp = Path(tempfile.mkdtemp(prefix="tandem-peers-"))
     ce = minilm_cross_encoder(tmp / "ce")
@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
     raw: dict = {"idle": [], "co-runner": []}
     for _ in range(args.rounds):
         if "tandem default" in servers:  # the default's backend in-process, between servers (none is running)
-            from server.models import load_reranker
+            from tandem.server.models import load_reranker
 
             backend = load_reranker(ce, "cpu", False, cache_dir=str(cache))
             for load_name in raw:

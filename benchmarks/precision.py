@@ -45,9 +45,9 @@ def _agreement(ref: np.ndarray, got: np.ndarray, group: int) -> dict:
 
 def s9_precision_raw(bench) -> None:
     from tandem.evaluate import load_queries, score
-    from server.models import load_embedder, load_reranker
-    from server.precision import Precision
-    from tests.checkpoints import bundled_encoder
+    from tandem.server.models import load_embedder, load_reranker
+    from tandem.server.precision import Precision
+    from tests.support.checkpoints import bundled_encoder
 
     variants = [v for v in VARIANTS if _available(v[0])]
     rng = random.Random(0)
@@ -77,7 +77,7 @@ def s9_precision_raw(bench) -> None:
                     **_agreement(scores[("torch", "fp32")], scores[v], 10)} for v in variants]
 
     # Embedder: docs/s and exact-search nDCG@10 on the whole of Cranfield, per variant.
-    from tests.serverproc import REPO
+    from tests.support.serverproc import REPO
 
     folder = REPO / "datasets" / "cranfield"
     docs = [(r["_id"], f"{r['title']} {r['text']}".strip()) for r in bench.rows]
@@ -108,8 +108,8 @@ def s10_precision_served(bench) -> None:
 
     from tandem import Client
     from tandem.ingest import to_document
-    from server.models import load_reranker
-    from server.precision import Precision
+    from tandem.server.models import load_reranker
+    from tandem.server.precision import Precision
 
     d = load_reranker(bench.ce_path, "cpu", False)  # what the auto server will serve (the same cached choice)
     default = Precision(d.precision, f"auto: {d.backend} {d.precision}, measured fastest that agrees with fp32")

@@ -44,14 +44,14 @@ from benchmarks import models as model_scenarios
 from benchmarks import passes as passes_scenarios
 from benchmarks import precision as precision_scenarios
 from benchmarks import store as store_scenarios
-from tests.checkpoints import bundled_encoder, minilm_cross_encoder
-from tests.serverproc import REPO, ServerProcess
+from tests.support.checkpoints import bundled_encoder, minilm_cross_encoder
+from tests.support.serverproc import REPO, ServerProcess
 
 DATA = REPO / "datasets" / "cranfield"
 
 
 def build_collection(db: str, n_docs: int) -> None:
-    from server.storage import Store
+    from tandem.server.storage import Store
 
     store = Store(db)
     store.create("big", "sentence-transformers/all-MiniLM-L6-v2", 384)
@@ -175,7 +175,7 @@ class Bench:
             metrics = srv.metrics_text()
         finally:
             srv.terminate()
-        from tests.metricsparse import histogram_buckets
+        from tests.support.metricsparse import histogram_buckets
 
         b = histogram_buckets(metrics, "tandem_batch_size", worker="reranker")
         self.report["scenarios"]["1_rerank_throughput"] = {
@@ -247,7 +247,7 @@ class Bench:
     def s4_search(self, n_docs=100_000):
         import shutil
 
-        from tests.metricsparse import value
+        from tests.support.metricsparse import value
 
         db = self.tmp / "s4" / "big.db"
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +300,7 @@ class Bench:
             "recall_cost_reduction": cost[16], "recall_cost_reduction_by_clients": cost}
 
     def s5_ingest(self, n=300):
-        from server.models import load_embedder
+        from tandem.server.models import load_embedder
         from tandem import Client
         from tandem.ingest import ingest, to_document
 
@@ -463,7 +463,7 @@ def add_parser(sub) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    p = argparse.ArgumentParser(prog="tandem")
     add_parser(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(["bench", *sys.argv[1:]])
     sys.exit(args.fn(args))

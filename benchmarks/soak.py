@@ -23,8 +23,8 @@ import numpy as np
 
 from tandem.v1 import (document_pb2, index_pb2, index_pb2_grpc, rerank_pb2, rerank_pb2_grpc, search_pb2,
                        search_pb2_grpc)
-from tests.checkpoints import minilm_cross_encoder
-from tests.serverproc import REPO, ServerProcess
+from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.serverproc import REPO, ServerProcess
 
 EXPECTED = {"OK"}
 

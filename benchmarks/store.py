@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.serverproc import REPO
+from tests.support.serverproc import REPO
 
 MODES = {"dense": "SEARCH_MODE_DENSE", "sparse": "SEARCH_MODE_SPARSE", "hybrid": "SEARCH_MODE_HYBRID"}
 FILTER = {"all": [{"field": "year", "op": "OPERATOR_GTE", "value": 10}],
@@ -36,7 +36,7 @@ def _pct(xs, q):
 
 def build_scaled(db: str, n_docs: int, texts: list[str]) -> None:
     """A Tandem collection `big` of n_docs rows written straight through the store (no embedding)."""
-    from server.storage import Store
+    from tandem.server.storage import Store
 
     store = Store(db)
     store.create("big", "sentence-transformers/all-MiniLM-L6-v2", 384)
@@ -105,7 +105,7 @@ def s6_write_path(bench) -> None:
 
 
 def _milvus(srv):
-    from tests.metricsparse import value
+    from tests.support.metricsparse import value
 
     m = srv.metrics_text()
     return [value(m, f"tandem_batch_{k}", worker="recall") for k in ("compute_seconds_count", "size_sum",

@@ -13,24 +13,25 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import metrics, precision
-from server.config import Config, ModelSpec
-from server.embed import EmbedService
-from server.errors import ServiceError
-from server.index import IndexService
-from server.info import InfoService
-from server.interceptors import ServerInterceptor
-from server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device, resolve
-from server.rerank import RerankService
-from server.runtime import Runtime
-from server.sealer import Sealer
-from server.search import SearchService
-from server.storage import Store
+from tandem.server import metrics, precision
+from tandem.server.config import Config, ModelSpec
+from tandem.server.embed import EmbedService
+from tandem.server.engine import Engine
+from tandem.server.errors import TandemError
+from tandem.server.index import IndexService
+from tandem.server.info import InfoService
+from tandem.server.interceptors import ServerInterceptor
+from tandem.server.models import DEFAULT_RERANKER, ModelNotFound, load_embedder, load_reranker, pick_device, resolve
+from tandem.server.rerank import RerankService
+from tandem.server.runtime import Runtime
+from tandem.server.search import SearchService
+from tandem.server.storage import Store, StoreError
+from tandem.server.storage.sealer import Sealer
 from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
                        rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc)
-from workers import Batcher
-from workers.compute import compute_pool, compute_team
-from workers.recall import RecallBackend
+from tandem.workers import Batcher
+from tandem.workers.compute import compute_pool, compute_team
+from tandem.workers.recall import RecallBackend
 
 log = logging.getLogger("tandem")
 
@@ -118,6 +119,34 @@ async def load_models(rt: Runtime) -> None:
         rt.default_reranker = next(iter(rt.rerankers))
 
 
+async def assemble(rt: Runtime) -> Runtime:
+    """Models, their batchers, the store and recall, started: what the engine runs on, whatever serves it."""
+    cfg = rt.config
+    await load_models(rt)
+    rt.store = Store(cfg.milvus_uri, cfg.milvus_token, engine_nice=cfg.engine_nice)
+    if rt.store.embedded and cfg.seal_quiet_seconds > 0:
+        rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
+        rt.sealer.start()
+    rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
+                        metrics.BatcherMetrics("recall", "", cfg.recall_queue_capacity), passthrough=(TandemError,))
+    for b in rt.batchers():
+        b.start()
+        m = b.backend
+        if m.kind != "recall":
+            metrics.MODEL_INFO.labels(m.name, m.kind, str(m.device), m.dtype, m.backend, m.precision).set(1)
+    return rt
+
+
+async def release(rt: Runtime) -> None:
+    """Stop the batchers (failing what is still queued), the sealer and the store."""
+    for b in rt.batchers():
+        await b.stop(drain_seconds=0)
+    if rt.sealer is not None:
+        await rt.sealer.stop()
+    if rt.store is not None:
+        await asyncio.to_thread(rt.store.close)
+
+
 class TandemServer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -133,18 +162,7 @@ class TandemServer:
 
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
-        await load_models(rt)
-        rt.store = Store(cfg.milvus_uri, cfg.milvus_token, engine_nice=cfg.engine_nice)
-        if rt.store.embedded and cfg.seal_quiet_seconds > 0:
-            rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
-            rt.sealer.start()
-        rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
-                            metrics.BatcherMetrics("recall", "", cfg.recall_queue_capacity), passthrough=(ServiceError,))
-        for b in rt.batchers():
-            b.start()
-            m = b.backend
-            if hasattr(m, "dtype"):
-                metrics.MODEL_INFO.labels(m.name, m.kind, str(m.device), m.dtype, m.backend, m.precision).set(1)
+        await assemble(rt)
         if cfg.warmup:
             await self._warmup()
 
@@ -154,11 +172,12 @@ class TandemServer:
                      ("grpc.max_send_message_length", cfg.max_message_bytes),
                      ("grpc.so_reuseport", 0)],
         )
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(rt), self.server)
-        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchService(rt), self.server)
-        index_pb2_grpc.add_IndexServiceServicer_to_server(IndexService(rt), self.server)
-        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedService(rt), self.server)
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoService(rt), self.server)
+        engine = Engine.over(rt)  # the one engine every transport adapts
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(engine), self.server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchService(engine), self.server)
+        index_pb2_grpc.add_IndexServiceServicer_to_server(IndexService(engine), self.server)
+        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedService(engine), self.server)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoService(engine), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (RERANK, SEARCH, INDEX, EMBED, INFO, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
@@ -189,7 +208,7 @@ class TandemServer:
         try:
             names = self.rt.store.list()  # describing a collection loads it
             log.info("collections loaded: %s", ", ".join(names) or "none")
-        except ServiceError as exc:
+        except StoreError as exc:
             log.warning("loading collections at start failed (%s); they load on first use", exc.message)
 
     async def _warmup(self) -> None:
@@ -201,7 +220,7 @@ class TandemServer:
         try:
             await asyncio.to_thread(self.rt.store.ping)
             ok = True
-        except ServiceError as exc:
+        except StoreError as exc:
             log.warning("store check failed: %s", exc.message)
             ok = False
         for svc in STORE_SERVICES:
@@ -230,12 +249,7 @@ class TandemServer:
         if self.server is not None:
             await self.server.stop(grace)
         cutoff.cancel()
-        for b in self.rt.batchers():
-            await b.stop(drain_seconds=0)
-        if self.rt.sealer is not None:
-            await self.rt.sealer.stop()
-        if self.rt.store is not None:
-            await asyncio.to_thread(self.rt.store.close)
+        await release(self.rt)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._stopped.set()

@@ -1,4 +1,4 @@
-"""`tandem serve`: start the server (`python -m server.cli serve` runs it without the client package's CLI)."""
+"""`tandem serve`: start the server (`python -m tandem.server.cli serve` runs it without the client package's CLI)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
-from server import config
+from tandem.server import config
 
 
 def serve(args) -> int:
-    from server.app import _limit_malloc_arenas, serve as run
+    from tandem.server.app import _limit_malloc_arenas, serve as run
 
     _limit_malloc_arenas()  # before any thread allocates
     try:
@@ -22,7 +22,7 @@ def serve(args) -> int:
     try:
         config.loop_runner(cfg.event_loop)(run(cfg))
     except Exception as exc:
-        from server.models import ModelNotFound
+        from tandem.server.models import ModelNotFound
 
         if isinstance(exc, (ModelNotFound, ValueError, RuntimeError, OSError)):
             logging.getLogger("tandem").error("startup failed: %s", exc)

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
-from workers import BatchLimits
+from tandem.server.models import DEFAULT_EMBEDDER, DEFAULT_RERANKER
+from tandem.workers import BatchLimits
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
@@ -177,7 +177,7 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        from server.precision import BACKENDS, PRECISIONS
+        from tandem.server.precision import BACKENDS, PRECISIONS
 
         for name in ("precision", "reranker_precision", "embedder_precision"):
             v = getattr(self, name)
@@ -296,7 +296,7 @@ def from_sources(args: argparse.Namespace | None = None, environ: dict | None = 
 
 
 def markdown_table() -> str:
-    """The README's configuration table, from the fields above: `python -m server.config > table.md`."""
+    """The README's configuration table, from the fields above: `python -m tandem.server.config > table.md`."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for f in fields(Config):
         default = "" if f.metadata.get("secret") else f"`{f.default!r}`"

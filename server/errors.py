@@ -1,43 +1,64 @@
-"""The one mapping from what went wrong to a gRPC status a client can act on."""
+"""What went wrong, as a status *kind* every transport maps in one place of its own.
+
+The engine, the store and the workers raise these (or a worker error); none of them knows a wire status. The
+kinds are named after gRPC's codes, whose meanings are the clearest shared vocabulary (HTTP maps them too).
+"""
 
 from __future__ import annotations
 
-import grpc
+import enum
 
-from workers import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+from tandem.workers import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
 
 
-class ServiceError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
+class Kind(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class TandemError(Exception):
+    """A failure a caller can act on: its kind, and a message that says what to do."""
+
+    kind = Kind.INTERNAL
+
+    def __init__(self, message: str, kind: Kind | None = None):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.message = message
+        if kind is not None:
+            self.kind = kind
 
 
-def invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def invalid(message: str) -> TandemError:
+    return TandemError(message, Kind.INVALID_ARGUMENT)
 
 
-def not_found(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+def not_found(message: str) -> TandemError:
+    return TandemError(message, Kind.NOT_FOUND)
 
 
-def unavailable(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
+def precondition(message: str) -> TandemError:
+    return TandemError(message, Kind.FAILED_PRECONDITION)
 
 
 _WORKER = {
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    BackendError: grpc.StatusCode.INTERNAL,
-    WorkerStopped: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: Kind.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: Kind.DEADLINE_EXCEEDED,
+    BackendError: Kind.INTERNAL,
+    WorkerStopped: Kind.UNAVAILABLE,
 }
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    """(code, message) for a known failure, None for a bug."""
-    if isinstance(exc, ServiceError):
-        return exc.code, exc.message
-    for kind, code in _WORKER.items():
-        if isinstance(exc, kind):
-            return code, str(exc)
+def classify(exc: BaseException) -> tuple[Kind, str] | None:
+    """(kind, message) for a known failure, None for a bug."""
+    if isinstance(exc, TandemError):
+        return exc.kind, exc.message
+    for cls, kind in _WORKER.items():
+        if isinstance(exc, cls):
+            return kind, str(exc)
     return None

@@ -1,8 +1,9 @@
 """One server interceptor for what every RPC shares: auth, the concurrency limit,
 metrics, error-to-status mapping and timing trailers.
 
-Services raise ServiceError (or a worker error) and fill `call_timings()`; the
-interceptor turns both into the status and trailing metadata the client sees.
+Services raise the engine's errors (a TandemError with its kind, or a worker error) and fill `call_timings()`;
+the interceptor turns both into the status and trailing metadata the client sees. `to_status` is the one
+mapping from an error's kind to a gRPC status.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ import time
 
 import grpc
 
-from server import metrics
-from server.errors import ServiceError, invalid, to_status
+from tandem.server import metrics
+from tandem.server.errors import Kind, TandemError, classify, invalid
 
 log = logging.getLogger(__name__)
 
 # Methods a mesh must reach without credentials or capacity (when so configured).
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+STATUS = {kind: grpc.StatusCode[kind.name] for kind in Kind}
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """(code, message) for a known failure, None for a bug."""
+    known = classify(exc)
+    return None if known is None else (STATUS[known[0]], known[1])
+
 
 _timings: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tandem_timings", default=None)
 
@@ -166,7 +176,7 @@ class _Undecodable:
     def __init__(self, exc: Exception):
         self.exc = exc
 
-    def error(self) -> ServiceError:
+    def error(self) -> TandemError:
         return invalid(f"request could not be decoded as the RPC's protobuf message: {self.exc}")
 
 

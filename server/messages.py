@@ -1,22 +1,13 @@
-"""Conversions between worker/store values and tandem.v1 messages."""
+"""Conversions between the engine's plain values and tandem.v1 messages (the gRPC transport's side)."""
 
 from __future__ import annotations
 
-import json
-import math
+import asyncio
 
 from google.protobuf import json_format, struct_pb2
 
-from server.errors import invalid
 from tandem.v1 import common_pb2
-from workers import BatchStats
-
-MAX_METADATA_BYTES = 65536
-MAX_METADATA_DEPTH = 8
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+from tandem.workers import BatchStats
 
 
 def usage(stats: BatchStats, total: float) -> common_pb2.Usage:
@@ -26,28 +17,8 @@ def usage(stats: BatchStats, total: float) -> common_pb2.Usage:
     )
 
 
-def merge_usage(a: BatchStats, b: BatchStats) -> BatchStats:
-    return BatchStats(a.items + b.items, a.tokens + b.tokens, a.truncated + b.truncated,
-                      max(a.queue_seconds, b.queue_seconds), a.inference_seconds + b.inference_seconds)
-
-
-def _depth(v, d: int = 0) -> int:
-    if isinstance(v, dict):
-        return max([_depth(x, d + 1) for x in v.values()], default=d + 1)
-    if isinstance(v, list):
-        return max([_depth(x, d + 1) for x in v], default=d + 1)
-    return d
-
-
-def metadata_to_dict(s: struct_pb2.Struct, where: str) -> dict:
-    d = json_format.MessageToDict(s)
-    size = len(json.dumps(d, ensure_ascii=False).encode())
-    if size > MAX_METADATA_BYTES:
-        raise invalid(f"{where}: metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
-    depth = _depth(d)
-    if depth > MAX_METADATA_DEPTH:
-        raise invalid(f"{where}: metadata nests {depth} levels deep; the limit is {MAX_METADATA_DEPTH}")
-    return d
+def struct_to_dict(s: struct_pb2.Struct) -> dict:
+    return json_format.MessageToDict(s)
 
 
 def dict_to_struct(d: dict) -> struct_pb2.Struct:
@@ -55,3 +26,9 @@ def dict_to_struct(d: dict) -> struct_pb2.Struct:
     if d:
         s.update(d)
     return s
+
+
+def deadline(context) -> float | None:
+    """The call's deadline as an absolute loop time (the engine's clock), or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers import backend_choice, passes
+from tandem.workers import backend_choice, passes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _quiet_transformers() -> None:
 
 def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_download: bool, precision, backend: str,
           cache_dir: str, alias: str):
-    from server import precision as prec_mod
+    from tandem.server import precision as prec_mod
 
     _quiet_transformers()
     name_ = alias or name
@@ -174,7 +174,7 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
         loaded, reason = _choose(kind, build, r, dev, plan, cache_dir, name_)
     log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, name_, r.path, r.source,
              loaded.device, loaded.backend, loaded.precision, reason, loaded.parameter_bytes / 2**20)
-    loaded.pass_cost = c = passes.measure(loaded.run, loaded.measure, *loaded.calibration_batches())
+    c = passes.calibrate(loaded)
     log.info("%s %s: a forward pass costs %.2f ms + %.1f us per padded token, so a batch is split where its "
              "padding would cost more than %.0f tokens", kind, name_, c.fixed_seconds * 1e3,
              c.token_seconds * 1e6, c.overhead_tokens)
@@ -185,9 +185,9 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
     """Measure the plan's options on this model (workers/backend_choice.py), or take the cached decision."""
     import torch
 
-    from server import precision as prec_mod
-    from workers import calibration
-    from workers.exported import default_cache_dir, model_key
+    from tandem.server import precision as prec_mod
+    from tandem.workers import calibration
+    from tandem.workers.exported import default_cache_dir, model_key
 
     versions = [f"{m} {_version(m)}" for m in ("torch", "openvino", "onnxruntime", "sentence_transformers",
                                                "transformers")]
@@ -234,10 +234,10 @@ def _build(kind, model_cls, backend_cls, r: Resolved, device: str, option, cache
 
 
 # The backends that run a converted copy of the transformer, imported only when chosen.
-EXPORTED = {("openvino", "reranker"): "workers.openvino_backend.OpenVINOCrossEncoderBackend",
-            ("openvino", "embedder"): "workers.openvino_backend.OpenVINOEmbedderBackend",
-            ("onnxruntime", "reranker"): "workers.onnx_backend.OnnxCrossEncoderBackend",
-            ("onnxruntime", "embedder"): "workers.onnx_backend.OnnxEmbedderBackend"}
+EXPORTED = {("openvino", "reranker"): "tandem.workers.openvino_backend.OpenVINOCrossEncoderBackend",
+            ("openvino", "embedder"): "tandem.workers.openvino_backend.OpenVINOEmbedderBackend",
+            ("onnxruntime", "reranker"): "tandem.workers.onnx_backend.OnnxCrossEncoderBackend",
+            ("onnxruntime", "embedder"): "tandem.workers.onnx_backend.OnnxEmbedderBackend"}
 
 
 # Bytes per weight on the device, by precision; checkpoints are stored in fp32 (4) or half precision (2).
@@ -289,7 +289,7 @@ def load_reranker(name: str, device: str, allow_download: bool = True, precision
                   cache_dir: str = "", alias: str = ""):
     from sentence_transformers import CrossEncoder
 
-    from workers.backends import CrossEncoderBackend
+    from tandem.workers.backends import CrossEncoderBackend
 
     return _load("reranker", CrossEncoder, CrossEncoderBackend, name, device, allow_download,
                  precision, backend, cache_dir, alias)
@@ -299,7 +299,7 @@ def load_embedder(name: str, device: str, allow_download: bool = True, precision
                   cache_dir: str = "", alias: str = ""):
     from sentence_transformers import SentenceTransformer
 
-    from workers.backends import EmbedderBackend
+    from tandem.workers.backends import EmbedderBackend
 
     return _load("embedder", SentenceTransformer, EmbedderBackend, name, device, allow_download,
                  precision, backend, cache_dir, alias)

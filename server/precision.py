@@ -23,7 +23,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.backend_choice import Option
+from tandem.workers.backend_choice import Option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")

@@ -1,13 +1,16 @@
-"""Request checks shared by every service. Each failure names the field and the limit."""
+"""Request checks the engine makes, whatever the transport. Each failure names the field and the limit."""
 
 from __future__ import annotations
 
+import json
 import re
 
-from server.errors import invalid
+from tandem.server.errors import invalid
 
 COLLECTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 MAX_ID_BYTES = 512
+MAX_METADATA_BYTES = 65536
+MAX_METADATA_DEPTH = 8
 
 
 def text(field: str, value: str, max_bytes: int, *, allow_empty: bool = False) -> str:
@@ -46,3 +49,21 @@ def doc_id(value: str, where: str) -> str:
     if n > MAX_ID_BYTES:
         raise invalid(f"{where}: id is {n} bytes; the limit is {MAX_ID_BYTES}")
     return value
+
+
+def metadata(value: dict, where: str) -> dict:
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise invalid(f"{where}: metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    depth = _depth(value)
+    if depth > MAX_METADATA_DEPTH:
+        raise invalid(f"{where}: metadata nests {depth} levels deep; the limit is {MAX_METADATA_DEPTH}")
+    return value
+
+
+def _depth(v, d: int = 0) -> int:
+    if isinstance(v, dict):
+        return max([_depth(x, d + 1) for x in v.values()], default=d + 1)
+    if isinstance(v, list):
+        return max([_depth(x, d + 1) for x in v], default=d + 1)
+    return d

@@ -172,9 +172,10 @@ def parser() -> argparse.ArgumentParser:
         pass
     sub = p.add_subparsers(dest="command", required=True)
 
-    from server import cli as server_cli
-
-    server_cli.add_parser(sub)
+    # Listed for help only: main() runs them before this parser, loading their code only then.
+    sub.add_parser("serve", help="run the server (tandem serve --help lists its flags)", add_help=False)
+    sub.add_parser("bench", help="served vs raw-model benchmarks, from a source checkout (tandem bench --help)",
+                   add_help=False)
 
     h = sub.add_parser("health", help="probe the gRPC health service (exit 0 when SERVING)")
     h.add_argument("--service", default="", help="service name; empty = whole server")
@@ -238,18 +239,35 @@ def parser() -> argparse.ArgumentParser:
     _client_flags(e, timeout=600.0)
     e.set_defaults(fn=_eval)
 
-    # `bench` lives in the source checkout (benchmarks/, tests/), not in the installed package.
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "benchmarks" / "run.py").exists():
-        if str(checkout) not in sys.path:
-            sys.path.append(str(checkout))
-        from benchmarks import run as bench
-
-        bench.add_parser(sub)
     return p
 
 
+def _serve(argv: list[str]) -> int:
+    from tandem.server import cli as server_cli  # torch, grpc.aio and the models load only for `serve`
+
+    return server_cli.main(["serve", *argv])
+
+
+def _bench(argv: list[str]) -> int:
+    """The benchmarks live in the source checkout (benchmarks/, tests/), not in the installed package: run them
+    there as their own process rather than putting the checkout on this one's import path."""
+    import subprocess
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "run.py").exists():
+        print("tandem bench: the benchmarks ship with the source checkout, not the installed package; run it "
+              "from a checkout installed with `make setup`", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks.run", *argv], cwd=checkout)
+
+
+RUN_FIRST = {"serve": _serve, "bench": _bench}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in RUN_FIRST:
+        return RUN_FIRST[argv[0]](argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

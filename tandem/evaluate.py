@@ -63,7 +63,7 @@ def baseline_run(folder: Path, queries: dict[str, str], embedder: str, depth: in
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from server.models import resolve
+    from tandem.server.models import resolve
 
     model = SentenceTransformer(resolve(embedder).path, device="cpu")
     docs = [d for d in documents(folder) if d.text.strip()]

@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
-import grpc
 import pytest
 
-from tests.checkpoints import minilm_cross_encoder, tiny_cross_encoder
-from tests.serverproc import REPO, ServerProcess
-from tandem.v1 import (embed_pb2_grpc, index_pb2_grpc, info_pb2_grpc, rerank_pb2_grpc, search_pb2_grpc)
-
-DATA = REPO / "datasets"
+from tests.support.checkpoints import minilm_cross_encoder, tiny_cross_encoder
+from tests.support.pki import make_pki
+from tests.support.serverproc import Servers
+from tests.support.stubs import Stubs
 
 # Every server the suite starts shares one cache of converted models and backend choices (`--backend auto`
 # measures each model once per machine), kept apart from the user's own ~/.cache/tandem.
@@ -34,37 +31,40 @@ def minilm_ce(ckpt_dir) -> str:
     return minilm_cross_encoder(ckpt_dir / "minilm-ce")
 
 
+@pytest.fixture
+def make_server(tmp_path):
+    """Servers for one test: make_server(*flags) -> a started ServerProcess (tests/support/serverproc.py)."""
+    servers = Servers(tmp_path)
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="module")
+def make_module_server(tmp_path_factory):
+    """The same factory for servers a whole module shares."""
+    servers = Servers(tmp_path_factory.mktemp("servers"))
+    yield servers
+    servers.close()
+
+
 @pytest.fixture(scope="session")
 def server(tiny_ce, tmp_path_factory):
     """The shared server: tiny reranker, bundled embedder, Milvus Lite in a temp dir."""
-    d = tmp_path_factory.mktemp("server")
-    s = ServerProcess(d, "--reranker", tiny_ce, "--milvus-uri", str(d / "milvus.db"),
-                      "--max-documents-per-request", "256", "--queue-capacity", "512").start()
-    yield s
-    s.terminate()
+    servers = Servers(tmp_path_factory.mktemp("server"))
+    yield servers("--reranker", tiny_ce, "--max-documents-per-request", "256", "--queue-capacity", "512")
+    servers.close()
 
 
-class Stubs:
-    def __init__(self, ch: grpc.Channel):
-        self.channel = ch
-        self.rerank = rerank_pb2_grpc.RerankServiceStub(ch)
-        self.info = info_pb2_grpc.InfoServiceStub(ch)
-        self.index = index_pb2_grpc.IndexServiceStub(ch)
-        self.search = search_pb2_grpc.SearchServiceStub(ch)
-        self.embed = embed_pb2_grpc.EmbedServiceStub(ch)
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Certificates (tests/support/pki.py) and a tokens file."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
 def stubs(server):
     with server.channel() as ch:
         yield Stubs(ch)
-
-
-def load_beir(name: str, limit: int | None = None):
-    root = DATA / name
-    corpus = [json.loads(x) for x in (root / "corpus.jsonl").read_text().splitlines()[:limit]]
-    queries = [json.loads(x) for x in (root / "queries.jsonl").read_text().splitlines()]
-    return corpus, queries
 
 
 def pytest_terminal_summary(terminalreporter):

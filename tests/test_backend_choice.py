@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from server.models import load_reranker
-from workers import calibration
-from workers.backend_choice import REFERENCE, Option, choose
-from workers.exported import model_key
+from tandem.server.models import load_reranker
+from tandem.workers import calibration
+from tandem.workers.backend_choice import REFERENCE, Option, choose
+from tandem.workers.exported import model_key
 
 GROUPS = [calibration.pairs()[i:i + 16] for i in range(0, 192, 16)]
 
@@ -122,7 +122,7 @@ def test_the_cache_key_follows_the_model_files_and_versions(tmp_path):
 
 
 def test_auto_serves_a_measured_choice_and_reuses_it(tiny_ce, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="server.models")
+    caplog.set_level(logging.INFO, logger="tandem.server.models")
     first = load_reranker(tiny_ce, "cpu", False, "auto", "auto", str(tmp_path))
     (saved,) = list((tmp_path / "choices").glob("*.json"))
     option = json.loads(saved.read_text())["option"]
@@ -142,10 +142,10 @@ def test_auto_serves_a_measured_choice_and_reuses_it(tiny_ce, tmp_path, caplog):
 
 
 def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):
-    from tests.checkpoints import tiny_causal_reranker
+    from tests.support.checkpoints import tiny_causal_reranker
 
     path = tiny_causal_reranker(tmp_path / "causal")
-    caplog.set_level(logging.WARNING, logger="server.models")
+    caplog.set_level(logging.WARNING, logger="tandem.server.models")
     forced = load_reranker(path, "cpu", False, "fp32", "openvino", str(tmp_path / "cache"))
     assert forced.backend == "torch" and "only the torch backend serves" in caplog.text
     auto = load_reranker(path, "cpu", False, "auto", "auto", str(tmp_path / "cache"))
@@ -154,7 +154,7 @@ def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):
 
 
 def test_onnx_int8_asked_for_logs_its_agreement(minilm_ce, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="server.models")
+    caplog.set_level(logging.INFO, logger="tandem.server.models")
     b = load_reranker(minilm_ce, "cpu", False, "int8", "onnxruntime", str(tmp_path))
     assert (b.backend, b.precision, b.dtype) == ("onnxruntime", "int8", "int8")
     assert "spearman" in caplog.text and ("not gated (asked for)" in caplog.text or "agrees" in caplog.text)

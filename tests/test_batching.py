@@ -12,21 +12,21 @@ import pytest
 from sentence_transformers import CrossEncoder
 
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
-from tests.conftest import load_beir
-from tests.metricsparse import histogram_buckets, value
-from tests.serverproc import ServerProcess
+from tests.support.data import load_beir
+from tests.support.metricsparse import histogram_buckets, value
+from tests.support.serverproc import ServerProcess
 
 MAX_BATCH = 8
 CAPACITY = 64
 
 
 @pytest.fixture(scope="module")
-def ce_server(minilm_ce, tmp_path_factory):
+def ce_server(make_module_server, minilm_ce, tmp_path_factory):
     d = tmp_path_factory.mktemp("ce-server")
     # fp32: batching must not move a score at all (1e-4). Other precisions: tests/test_precision.py.
-    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", "fp32",
+    s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", "fp32",
                       "--max-batch-pairs", str(MAX_BATCH), "--queue-capacity", str(CAPACITY),
-                      "--max-documents-per-request", "48").start()
+                      "--max-documents-per-request", "48", dir=d)
     yield s
     s.terminate()
 

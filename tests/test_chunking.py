@@ -1,7 +1,7 @@
 """Long documents: passage indexing at ingest, best-passage recall and rerank in Search, and chunked Rerank.
 
 A real server over loopback gRPC, Milvus Lite in a temp dir, the bundled embedder and a MiniLM-shaped
-cross-encoder saved to disk; the long documents are built from Cranfield and CISI (tests/longdocs.py)."""
+cross-encoder saved to disk; the long documents are built from Cranfield and CISI (tests/support/longdocs.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from server.chunking import Splitter, join, windows
+from tandem.server.chunking import Splitter, join, windows
 from tandem.evaluate import score
 from tandem.v1 import document_pb2, index_pb2, rerank_pb2, search_pb2
-from tests.checkpoints import bundled_encoder
-from tests.conftest import Stubs
-from tests.longdocs import cranfield, lengthen
-from tests.serverproc import ServerProcess
+from tests.support.checkpoints import bundled_encoder
+from tests.support.stubs import Stubs
+from tests.support.longdocs import cranfield, lengthen
+from tests.support.serverproc import ServerProcess
 
 CHUNKING = index_pb2.Chunking(max_tokens=128, overlap_tokens=16)
 # The module's server embeds some thousand passages: on a CPU three times slower than the dev VM that is
@@ -35,10 +35,10 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, minilm_ce):
+def srv(make_module_server, tmp_path_factory, minilm_ce):
     d = tmp_path_factory.mktemp("chunking")
-    s = ServerProcess(d, "--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri", str(d / "m.db"),
-                      "--max-windows-per-document", "12").start()
+    s = make_module_server("--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri", str(d / "m.db"),
+                      "--max-windows-per-document", "12", dir=d)
     yield s
     s.terminate()
 
@@ -217,13 +217,13 @@ def test_chunked_collections_take_documents_past_the_field_limit_and_check_their
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details()
 
 
-def test_kill9_during_chunked_streams_keeps_every_acknowledged_document_whole(tmp_path, tiny_ce):
+def test_kill9_during_chunked_streams_keeps_every_acknowledged_document_whole(make_server, tmp_path, tiny_ce):
     docs, _, _ = cranfield(queries=10, extra=40)
     texts = [d["text"] for d in docs]
     # Documents of 1-4 abstracts: several passages each.
     corpus = [{"id": f"d{i}", "text": " ".join(texts[i:i + 1 + i % 4])} for i in range(len(texts))]
     args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "crash.db"), "--warmup", "false")
-    s = ServerProcess(tmp_path, *args).start()
+    s = make_server(*args, dir=tmp_path)
     acked: list[dict] = []
     with s.channel() as ch:
         st = Stubs(ch)
@@ -250,7 +250,7 @@ def test_kill9_during_chunked_streams_keeps_every_acknowledged_document_whole(tm
         stop.set()
         t.join()
     assert len(acked) >= 18
-    s2 = ServerProcess(tmp_path, *args, log_name="restart.log").start()
+    s2 = make_server(*args, log_name="restart.log", dir=tmp_path)
     try:
         with s2.channel() as ch:
             st = Stubs(ch)

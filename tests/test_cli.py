@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tandem import Client
-from tests.serverproc import REPO
+from tests.support.serverproc import REPO
 
 
 def tandem(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:

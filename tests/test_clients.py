@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.serverproc import REPO
+from tests.support.serverproc import REPO
 
 
 def test_node_client(server, tiny_ce):

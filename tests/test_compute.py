@@ -12,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from workers import Batcher, BatchLimits, WorkerStopped
-from workers.compute import compute_pool, device_key
+from tandem.workers import Batcher, BatchLimits, WorkerStopped
+from tandem.workers.compute import compute_pool, device_key
 
 
 class SlowBackend:
     """Stands in for a model: records which thread ran it and whether two runs ever overlapped."""
 
+    name = kind = "slow"
     max_length = 0
+    pass_cost = None
 
     def __init__(self, log: dict, seconds: float = 0.02):
         self.log, self.seconds = log, seconds
+
+    def measure(self, payloads, inline=False):
+        return [1] * len(payloads)
 
     def run(self, payloads):
         with self.log["lock"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.serverproc import REPO
+from tests.support.serverproc import REPO
 
 DEPLOY = REPO / "deploy"
 PROM = DEPLOY / "prometheus"

@@ -239,10 +239,42 @@ def test_fuzz_every_rpc(hostile, item):
     rpc, req = item
     fn = {"delete": hostile.index.Delete, "describe": hostile.index.DescribeCollection}.get(rpc) or _fn(hostile, rpc)
     try:
-        fn(req, timeout=60)
+        resp = fn(req, timeout=60)
     except grpc.RpcError as e:
         assert e.code() not in BAD, (rpc, req, e.code(), e.details())
         assert e.details(), "every error carries a message"
+        return
+    _check_answer(rpc, req, resp)
+
+
+def _check_answer(rpc, req, resp):
+    """An OK answer must be a right one for what was sent: a request that should have been refused, or a
+    wrong-shaped answer, fails here."""
+    if rpc == R:
+        assert req.query.strip() and req.documents, ("an empty query or no documents was accepted", req)
+        want = min(req.top_n or len(req.documents), len(req.documents))
+        got = [r.index for r in resp.results]
+        assert len(got) == want and len(set(got)) == want and all(0 <= i < len(req.documents) for i in got)
+        scores = [r.relevance_score for r in resp.results]
+        assert scores == sorted(scores, reverse=True)
+        assert req.raw_scores or all(0.0 <= x <= 1.0 for x in scores)
+    elif rpc == S:
+        assert req.collection == COLL and req.query.strip(), ("a search that should fail succeeded", req)
+        assert len(resp.hits) <= (req.top_n or 10) and len(resp.hits) <= resp.recalled
+    elif rpc == U:
+        assert req.collection == COLL and req.documents, ("an upsert that should fail succeeded", req)
+        assert all(d.id and d.text.strip() for d in req.documents)
+        assert resp.upserted == len(req.documents)
+    elif rpc == E:
+        assert req.texts and all(t.strip() for t in req.texts), ("an empty text was embedded", req)
+        assert len(resp.embeddings) == len(req.texts) and resp.dimension > 0
+        for e in resp.embeddings:
+            assert len(e.values) == resp.dimension and abs(sum(v * v for v in e.values) - 1.0) < 1e-3
+    elif rpc == "delete":
+        assert req.collection == COLL and req.ids and all(req.ids), ("a delete that should fail succeeded", req)
+        assert resp.deleted == len(req.ids)
+    else:
+        assert req.collection == COLL and resp.info.collection == COLL
 
 
 def test_server_healthy_after_fuzzing(hostile):

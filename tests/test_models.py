@@ -2,7 +2,7 @@
 a rerank cascade in Search, the model label on worker metrics, and a causal-LM reranker.
 
 Every server here is the real one over loopback gRPC with Milvus Lite in a temp dir; the models are saved to
-disk by tests/checkpoints.py and loaded through the server's normal path."""
+disk by tests/support/checkpoints.py and loaded through the server's normal path."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from tandem.v1 import document_pb2, embed_pb2, index_pb2, info_pb2, rerank_pb2, search_pb2
-from tests.checkpoints import bundled_encoder, tiny_causal_reranker, tiny_embedder
-from tests.conftest import Stubs, load_beir
-from tests.metricsparse import samples, value
-from tests.serverproc import REPO, ServerProcess
+from tests.support.checkpoints import bundled_encoder, tiny_causal_reranker, tiny_embedder
+from tests.support.data import load_beir
+from tests.support.stubs import Stubs
+from tests.support.metricsparse import samples, value
+from tests.support.serverproc import REPO, ServerProcess
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -35,15 +36,15 @@ def small_emb(ckpt_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def multi(tmp_path_factory, minilm_ce, tiny_ce, causal, small_emb):
+def multi(make_module_server, tmp_path_factory, minilm_ce, tiny_ce, causal, small_emb):
     """Three rerankers (the first is the default) and two embedders, in fp32 so that scores can be compared
     with sentence-transformers' own fp32 `predict` and `encode`. A reranker queue holds 64 pairs, so a stage
     over 100 candidates is refused at once: a deterministic overload."""
     d = tmp_path_factory.mktemp("multi")
-    s = ServerProcess(d, "--reranker", f"mini={minilm_ce}", "--reranker", f"tiny={tiny_ce}",
+    s = make_module_server("--reranker", f"mini={minilm_ce}", "--reranker", f"tiny={tiny_ce}",
                       "--reranker", f"causal={causal}", "--embedder", DEFAULT_EMBEDDER,
                       "--embedder", f"small={small_emb}", "--precision", "fp32", "--queue-capacity", "64",
-                      "--milvus-uri", str(d / "m.db")).start()
+                      "--milvus-uri", str(d / "m.db"), dir=d)
     yield s
     s.terminate()
 
@@ -242,10 +243,10 @@ def test_worker_metrics_carry_the_model_label(multi, ms):
     assert value(text, "tandem_batch_size_count", worker="recall", model="") > 0
 
 
-def test_collection_whose_embedder_is_not_loaded_fails_precondition(tmp_path, small_emb):
+def test_collection_whose_embedder_is_not_loaded_fails_precondition(make_server, tmp_path, small_emb):
     db = str(tmp_path / "m.db")
-    a = ServerProcess(tmp_path / "a", "--reranker", "none", "--embedder", DEFAULT_EMBEDDER,
-                      "--embedder", f"small={small_emb}", "--milvus-uri", db, "--warmup", "false").start()
+    a = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER,
+                      "--embedder", f"small={small_emb}", "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "a")
     try:
         with a.channel() as ch:
             s = Stubs(ch)
@@ -257,8 +258,8 @@ def test_collection_whose_embedder_is_not_loaded_fails_precondition(tmp_path, sm
     # Without `small`; then with `small` pointing to a 384-dimensional model.
     for extra, words in (([], ["'small'", "--embedder small="]),
                          (["--embedder", f"small={bundled_encoder()}"], ["64-dimensional", "384-dimensional"])):
-        b = ServerProcess(tmp_path / "b", "--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *extra,
-                          "--milvus-uri", db, "--warmup", "false").start()
+        b = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *extra,
+                          "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "b")
         try:
             with b.channel() as ch:
                 s = Stubs(ch)
@@ -282,13 +283,13 @@ def test_collection_whose_embedder_is_not_loaded_fails_precondition(tmp_path, sm
     (["--embedder", "e="], "nothing after '='"),
 ])
 def test_bad_model_flags_fail_at_start(tmp_path, args, words):
-    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", *args, "--milvus-uri", str(tmp_path / "m.db")],
+    r = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", *args, "--milvus-uri", str(tmp_path / "m.db")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and words in r.stderr, r.stderr[-2000:]
 
 
 def test_a_model_too_large_for_free_memory_is_refused_before_loading():
-    from server.models import ModelTooLarge, check_fits, weights_bytes
+    from tandem.server.models import ModelTooLarge, check_fits, weights_bytes
 
     check_fits("reranker", "m", 2**30, "cpu", available=2**31)  # fits: no error
     with pytest.raises(ModelTooLarge) as e:

@@ -11,10 +11,10 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tests.conftest import load_beir
-from workers import Batcher, BatchLimits, BackendError
-from workers.compute import compute_pool
-from workers.passes import PassCost, measure, split
+from tests.support.data import load_beir
+from tandem.workers import Batcher, BatchLimits, BackendError
+from tandem.workers.compute import compute_pool
+from tandem.workers.passes import PassCost, fit_pass_cost, split
 
 
 def _cost(lengths, ends, overhead):
@@ -51,8 +51,8 @@ def test_split_keeps_a_batch_whole_unless_padding_costs_more_than_a_pass():
 
 @pytest.fixture(scope="module")
 def minilm(minilm_ce):
-    from server.models import load_reranker
-    from server.precision import Precision
+    from tandem.server.models import load_reranker
+    from tandem.server.precision import Precision
 
     return load_reranker(minilm_ce, "cpu", False, Precision("fp32", "test"), "torch")
 
@@ -60,9 +60,15 @@ def minilm(minilm_ce):
 def test_pass_cost_is_measured_from_the_model_at_load(minilm):
     # On a CPU both parts are real: a fixed cost per pass (dispatch and the thread team's fork/join, per op) and
     # a cost per padded token. How many tokens the fixed part is worth depends on the machine and its load.
-    for c in (minilm.pass_cost, measure(minilm.run, minilm.measure, *minilm.calibration_batches(), repeats=3)):
-        assert c is not None and c.fixed_seconds > 0 and c.token_seconds > 0, c
-        assert 0 < c.overhead_tokens < math.inf
+    # Under a busy neighbour the two shapes can time alike, and the fit then says "never split" (token part 0):
+    # a sound answer, so the checks below hold either way, and the known-cost test pins the arithmetic.
+    assert minilm.pass_cost is not None, "calibrate() sets the cost at load"
+    for c in (minilm.pass_cost, fit_pass_cost(minilm.run, minilm.measure, *minilm.calibration_batches(), repeats=3)):
+        assert c.fixed_seconds > 0 and c.token_seconds >= 0, c
+        if c.token_seconds > 0:
+            assert c.overhead_tokens == pytest.approx(c.fixed_seconds / c.token_seconds), c
+        else:
+            assert c.overhead_tokens == math.inf and split([10, 20, 400], c.overhead_tokens) == [3], c
 
 
 def test_measure_recovers_a_known_cost():
@@ -71,11 +77,11 @@ def test_measure_recovers_a_known_cost():
     def run(batch):
         time.sleep(0.004 + 0.00004 * max(batch) * len(batch))
 
-    c = measure(run, lambda batch: list(batch), [16], list(range(18, 50, 2)))
+    c = fit_pass_cost(run, lambda batch: list(batch), [16], list(range(18, 50, 2)))
     assert 60 < c.overhead_tokens < 160, c
     assert 0.002 < c.fixed_seconds < 0.008 and 0.00002 < c.token_seconds < 0.00008, c
     # Cost flat in tokens (a GPU with room): the fixed part outweighs any padding a batch can hold.
-    assert measure(lambda batch: time.sleep(0.003), lambda batch: list(batch), [16], [512] * 4).overhead_tokens > 1000
+    assert fit_pass_cost(lambda batch: time.sleep(0.003), lambda batch: list(batch), [16], [512] * 4).overhead_tokens > 1000
 
 
 class Passes:
@@ -140,6 +146,7 @@ async def test_mixed_lengths_run_as_several_passes_with_exact_scores(minilm):
 class PoisonBackend:
     """Stands in for a model whose forward pass fails on one input: which items fail with it?"""
 
+    name = kind = "poison"
     max_length = 512
     pass_cost = PassCost(0.002, 0.00004)
 
@@ -169,8 +176,8 @@ def test_token_counts_match_the_transformers_call(tmp_path):
     budget and `truncated` in usage) must be what the transformers call gives, truncation included."""
     from transformers import AutoTokenizer
 
-    from tests.checkpoints import bundled_encoder, tiny_causal_reranker
-    from workers.backends import token_counter
+    from tests.support.checkpoints import bundled_encoder, tiny_causal_reranker
+    from tandem.workers.backends import token_counter
 
     corpus, queries = load_beir("cranfield", limit=200)
     texts = [d["text"] for d in corpus] + [d["title"] for d in corpus]
@@ -192,7 +199,7 @@ def test_the_pass_cost_is_refitted_from_served_passes():
     """A plan measured beside a busy neighbour is not kept for good: the fit follows the passes actually run."""
     import random
 
-    from workers.passes import CostFit
+    from tandem.workers.passes import CostFit
 
     rng = random.Random(1)
     fit, refits = CostFit(window=128, every=64), []

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from server.precision import Precision, cpu_bf16_flag, plan
-from workers.backend_choice import Option
+from tandem.server.precision import Precision, cpu_bf16_flag, plan
+from tandem.workers.backend_choice import Option
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
-from tests.conftest import load_beir
-from tests.serverproc import REPO, ServerProcess
+from tests.support.data import load_beir
+from tests.support.serverproc import REPO, ServerProcess
 
 needs_bf16 = pytest.mark.skipif(not cpu_bf16_flag(), reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
 
@@ -37,7 +37,7 @@ def cranfield():
 
 
 def _reference(path: str, prec: str, backend: str = "torch", cache_dir: str = ""):
-    from server.models import load_reranker
+    from tandem.server.models import load_reranker
 
     return load_reranker(path, "cpu", False, Precision(prec, "test"), backend, cache_dir)
 
@@ -51,11 +51,11 @@ def ov_cache(tmp_path_factory):
                                         pytest.param(("openvino", "bf16"), marks=needs_bf16), ("openvino", "fp32"),
                                         ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
                 ids=lambda p: "-".join(p))
-def served(request, minilm_ce, tmp_path_factory, ov_cache):
+def served(make_module_server, request, minilm_ce, tmp_path_factory, ov_cache):
     backend, prec = request.param
     d = tmp_path_factory.mktemp(f"prec-{backend}-{prec}")
-    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", prec,
-                      "--backend", backend, "--cache-dir", ov_cache, "--max-batch-pairs", "16").start()
+    s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", prec,
+                      "--backend", backend, "--cache-dir", ov_cache, "--max-batch-pairs", "16", dir=d)
     yield backend, prec, s
     s.terminate()
 
@@ -115,8 +115,8 @@ def test_openvino_ir_is_converted_once_and_cached(minilm_ce, tmp_path):
 def test_openvino_embedder_equals_torch(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from server.models import load_embedder
-    from tests.checkpoints import bundled_encoder
+    from tandem.server.models import load_embedder
+    from tests.support.checkpoints import bundled_encoder
 
     texts = ["a wing in a slipstream", "heat transfer " * 100, "x"]
     ov = load_embedder(bundled_encoder(), "cpu", False, Precision("fp32", "test"), "openvino", str(tmp_path))
@@ -149,9 +149,9 @@ def test_bf16_embedder_keeps_ndcg(dataset):
     from sentence_transformers import SentenceTransformer
 
     from tandem.evaluate import load_queries, score
-    from tests.checkpoints import bundled_encoder
-    from tests.conftest import DATA
-    from workers.backends import EmbedderBackend
+    from tests.support.checkpoints import bundled_encoder
+    from tests.support.data import DATA
+    from tandem.workers.backends import EmbedderBackend
 
     corpus, _ = load_beir(dataset)
     docs = [(d["_id"], f"{d['title']} {d['text']}".strip()) for d in corpus if (d["title"] + d["text"]).strip()]
@@ -180,7 +180,7 @@ def test_bf16_embedder_keeps_ndcg(dataset):
     (["--precision", "double"], "auto, fp32, bf16, fp16, int8"),
 ])
 def test_unsupported_combination_fails_at_startup(tmp_path, args, words):
-    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", "none", *args,
+    r = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--reranker", "none", *args,
                         "--milvus-uri", str(tmp_path / "m.db"), "--port", "0", "--metrics-port", "-1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert r.returncode == 2 and words in r.stderr, r.stderr[-2000:]

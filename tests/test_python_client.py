@@ -10,9 +10,8 @@ import grpc
 import pytest
 
 from tandem import AsyncClient, Client, Document, F, TandemError
-from tests.conftest import load_beir
-from tests.serverproc import ServerProcess
-from tests.test_security import pki  # noqa: F401  (the certificates fixture)
+from tests.support.data import load_beir
+from tests.support.serverproc import ServerProcess
 
 
 def _docs(n: int = 150) -> list[dict]:
@@ -88,9 +87,9 @@ async def test_async_client_does_the_same(server):
         await c.drop_collection("pyasync")
 
 
-def test_calls_survive_a_server_restart(tmp_path, tiny_ce):
+def test_calls_survive_a_server_restart(make_server, tmp_path, tiny_ce):
     args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false")
-    s = ServerProcess(tmp_path, *args).start()
+    s = make_server(*args, dir=tmp_path)
     with Client(s.target, timeout=120) as c:
         c.create_collection("r")
         c.upsert("r", _docs(30))
@@ -105,7 +104,7 @@ def test_calls_survive_a_server_restart(tmp_path, tiny_ce):
         t = threading.Thread(target=call)
         t.start()
         time.sleep(1.0)
-        s2 = ServerProcess(tmp_path, *args, "--port", str(s.port), log_name="restart.log")
+        s2 = make_server(*args, "--port", str(s.port), log_name="restart.log", dir=tmp_path, start=False)
         s2.port = s.port
         s2.start()
         try:
@@ -116,9 +115,9 @@ def test_calls_survive_a_server_restart(tmp_path, tiny_ce):
 
 
 @pytest.mark.timeout(1800)  # the busy call takes seconds here, minutes on a slow machine
-def test_overload_is_retried_for_idempotent_calls_only(tmp_path, minilm_ce):
-    s = ServerProcess(tmp_path, "--reranker", minilm_ce, "--milvus-uri", str(tmp_path / "m.db"),
-                      "--max-concurrent-requests", "1", "--warmup", "false").start()
+def test_overload_is_retried_for_idempotent_calls_only(make_server, tmp_path, minilm_ce):
+    s = make_server("--reranker", minilm_ce, "--milvus-uri", str(tmp_path / "m.db"),
+                      "--max-concurrent-requests", "1", "--warmup", "false", dir=tmp_path)
     try:
         docs = [" ".join(d["text"] for d in _docs(12)[i:i + 3]) for i in range(8)] * 60  # 480 long pairs
         # Deadlines, not attempt counts, bound the wait: the retried call outlasts the busy one on any machine.
@@ -142,11 +141,11 @@ def test_overload_is_retried_for_idempotent_calls_only(tmp_path, minilm_ce):
         s.terminate()
 
 
-def test_token_and_tls(pki, tiny_ce, tmp_path):  # noqa: F811
+def test_token_and_tls(make_server, pki, tiny_ce, tmp_path):  # noqa: F811
     d, files = pki
-    s = ServerProcess(tmp_path, "--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+    s = make_server("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
                       "--tls-cert", str(d / "server.crt"), "--tls-key", str(d / "server.key"),
-                      "--auth-tokens", "client-token")
+                      "--auth-tokens", "client-token", dir=tmp_path, start=False)
     s.start(wait=False)
     try:
         s.wait_ready(creds=grpc.ssl_channel_credentials(files["ca"][1]))

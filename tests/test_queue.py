@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from workers.errors import Overloaded
-from workers.queue import BatchQueue, Entry
+from tandem.workers.errors import Overloaded
+from tandem.workers.queue import BatchQueue, Entry
 
 
 def entries(loop, costs, key=None, deadline=None):

@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import (document_pb2, embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, rerank_pb2,
                        rerank_pb2_grpc, search_pb2, search_pb2_grpc)
-from tests.conftest import load_beir
-from tests.metricsparse import value
-from tests.serverproc import ServerProcess, free_port
+from tests.support.data import load_beir
+from tests.support.metricsparse import value
+from tests.support.serverproc import ServerProcess, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -52,7 +52,7 @@ class MilvusLite:
     """The embedded engine's binary serving TCP in its own process, reached over http:// like Milvus Standalone."""
 
     def __init__(self, data_dir, port):
-        from server.engine import EmbeddedMilvus
+        from tandem.server.storage.embedded import EmbeddedMilvus
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -76,11 +76,11 @@ def _reachable(client_cls, port):
         return False
 
 
-def test_milvus_outage_gives_unavailable_and_recovers(tmp_path, tiny_ce, corpus):
+def test_milvus_outage_gives_unavailable_and_recovers(make_server, tmp_path, tiny_ce, corpus):
     milvus = MilvusLite(tmp_path / "milvus", free_port())
     milvus.start()
-    s = ServerProcess(tmp_path, "--reranker", tiny_ce, "--milvus-uri", f"http://127.0.0.1:{milvus.port}",
-                      "--warmup", "false").start()
+    s = make_server("--reranker", tiny_ce, "--milvus-uri", f"http://127.0.0.1:{milvus.port}",
+                      "--warmup", "false", dir=tmp_path)
     try:
         with s.channel() as ch:
             index, search = index_pb2_grpc.IndexServiceStub(ch), search_pb2_grpc.SearchServiceStub(ch)
@@ -113,7 +113,7 @@ def test_milvus_outage_gives_unavailable_and_recovers(tmp_path, tiny_ce, corpus)
 
 # -- model failure -----------------------------------------------------------------------------------------------
 
-def test_nan_scores_fail_only_the_affected_batch(tmp_path, tiny_ce):
+def test_nan_scores_fail_only_the_affected_batch(make_server, tmp_path, tiny_ce):
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -123,8 +123,8 @@ def test_nan_scores_fail_only_the_affected_batch(tmp_path, tiny_ce):
     with torch.no_grad():
         ce.model.base_model.embeddings.word_embeddings.weight[token] = float("nan")
     ce.save(str(poisoned))
-    s = ServerProcess(tmp_path, "--reranker", str(poisoned), "--milvus-uri", str(tmp_path / "m.db"),
-                      "--warmup", "false").start()
+    s = make_server("--reranker", str(poisoned), "--milvus-uri", str(tmp_path / "m.db"),
+                      "--warmup", "false", dir=tmp_path)
     try:
         with s.channel() as ch:
             stub = rerank_pb2_grpc.RerankServiceStub(ch)
@@ -141,10 +141,10 @@ def test_nan_scores_fail_only_the_affected_batch(tmp_path, tiny_ce):
 # -- overload, deadlines, degradation, shutdown (MiniLM-sized model: real compute time) -------------------------
 
 @pytest.fixture(scope="module")
-def slow(minilm_ce, tmp_path_factory, corpus):
+def slow(make_module_server, minilm_ce, tmp_path_factory, corpus):
     d = tmp_path_factory.mktemp("slow")
-    s = ServerProcess(d, "--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--max-batch-pairs", "16",
-                      "--queue-capacity", "400", "--grace-seconds", "60").start()
+    s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--max-batch-pairs", "16",
+                      "--queue-capacity", "400", "--grace-seconds", "60", dir=d)
     with s.channel() as ch:
         index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
         index_pb2_grpc.IndexServiceStub(ch).Upsert(index_pb2.UpsertRequest(
@@ -215,9 +215,9 @@ def test_deadline_storm_leaves_nothing_behind(slow, corpus):
             value(m, "tandem_dropped_items_total", worker="reranker", reason="cancelled") >= 300
 
 
-def test_sigterm_drains_every_accepted_request(slow, minilm_ce, tmp_path, corpus):
-    s = ServerProcess(tmp_path, "--reranker", minilm_ce, "--milvus-uri", str(tmp_path / "m.db"),
-                      "--grace-seconds", "60", "--warmup", "false").start()
+def test_sigterm_drains_every_accepted_request(make_server, minilm_ce, tmp_path, corpus):
+    s = make_server("--reranker", minilm_ce, "--milvus-uri", str(tmp_path / "m.db"),
+                      "--grace-seconds", "60", "--warmup", "false", dir=tmp_path)
     docs = [d.text for d in documents(corpus[:60])]
     with s.channel() as ch:
         stub = rerank_pb2_grpc.RerankServiceStub(ch)
@@ -248,12 +248,12 @@ def test_sigterm_drains_every_accepted_request(slow, minilm_ce, tmp_path, corpus
     assert "draining" in s.log()
 
 
-def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(tmp_path, minilm_ce, corpus):
+def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(make_server, tmp_path, minilm_ce, corpus):
     """A mesh's view of a rolling restart: health NOT_SERVING at once, calls still answered for the drain delay,
     then Searches whose rerank would outlast the grace return their recall results, flagged degraded."""
-    s = ServerProcess(tmp_path, "--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri",
+    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri",
                       str(tmp_path / "m.db"), "--drain-delay-seconds", "3", "--grace-seconds", "4",
-                      "--warmup", "false").start()
+                      "--warmup", "false", dir=tmp_path)
     with s.channel() as ch:
         index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
         index_pb2_grpc.IndexServiceStub(ch).Upsert(index_pb2.UpsertRequest(collection="c",
@@ -291,9 +291,9 @@ def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(tmp_pa
 
 # -- crash durability --------------------------------------------------------------------------------------------
 
-def test_kill9_during_ingest_keeps_every_acknowledged_document(tmp_path, tiny_ce, corpus):
+def test_kill9_during_ingest_keeps_every_acknowledged_document(make_server, tmp_path, tiny_ce, corpus):
     args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "crash.db"), "--warmup", "false")
-    s = ServerProcess(tmp_path, *args).start()
+    s = make_server(*args, dir=tmp_path)
     docs = documents(corpus)
     acked: list[str] = []
     with s.channel() as ch:
@@ -321,7 +321,7 @@ def test_kill9_during_ingest_keeps_every_acknowledged_document(tmp_path, tiny_ce
         assert wait_for(lambda: len(acked) >= 60, 60)
         s.kill()
         t1.join(), t2.join()
-    s2 = ServerProcess(tmp_path, *args, log_name="restart.log").start()
+    s2 = make_server(*args, log_name="restart.log", dir=tmp_path)
     try:
         with s2.channel() as ch:
             index = index_pb2_grpc.IndexServiceStub(ch)

@@ -8,18 +8,13 @@ import pytest
 from google.protobuf import struct_pb2
 
 from tandem.v1 import document_pb2, embed_pb2, filter_pb2, index_pb2, search_pb2
-from tests.conftest import load_beir
-from tests.serverproc import ServerProcess
+from tests.support.data import load_beir
+from tests.support.messages import cond, struct
+from tests.support.serverproc import ServerProcess
 
 Op = filter_pb2.Operator
 M = search_pb2.SearchMode
 COLL = "cranfield_small"
-
-
-def struct(d: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(d)
-    return s
 
 
 def docs_from(corpus):
@@ -94,7 +89,7 @@ def test_search_reranks_by_default(stubs, collection, corpus):
 
 
 def test_rerank_depth_and_tokens_per_document(stubs, collection, corpus, tiny_ce):
-    from server.chunking import Splitter
+    from tandem.server.chunking import Splitter
     from tandem.v1 import info_pb2, rerank_pb2
     from transformers import AutoTokenizer
 
@@ -119,21 +114,6 @@ def test_rerank_depth_and_tokens_per_document(stubs, collection, corpus, tiny_ce
     assert cut.results[0].document == doc  # the document comes back whole
     whole = stubs.rerank.Rerank(rerank_pb2.RerankRequest(query=q, documents=[doc], raw_scores=True), timeout=30)
     assert whole.results[0].relevance_score != pytest.approx(cut.results[0].relevance_score, abs=1e-4)
-
-
-def cond(field, op, value=None):
-    c = filter_pb2.Condition(field=field, op=op)
-    if value is not None:
-        c.value.CopyFrom(struct_pb2.Value())
-        if isinstance(value, list):
-            c.value.list_value.extend(value)
-        elif isinstance(value, bool):
-            c.value.bool_value = value
-        elif isinstance(value, (int, float)):
-            c.value.number_value = value
-        else:
-            c.value.string_value = value
-    return c
 
 
 def test_filters(stubs, collection):
@@ -225,9 +205,9 @@ def test_index_and_search_errors(stubs, collection, call, req, code, words):
 def test_embed_matches_sentence_transformers(stubs):
     from sentence_transformers import SentenceTransformer
 
-    from server.models import load_embedder
+    from tandem.server.models import load_embedder
     from tandem.v1 import info_pb2
-    from tests.checkpoints import bundled_encoder
+    from tests.support.checkpoints import bundled_encoder
 
     texts = ["a wing in a slipstream", "heat transfer " * 100]
     r = stubs.embed.Embed(embed_pb2.EmbedRequest(texts=texts), timeout=30)
@@ -243,17 +223,17 @@ def test_embed_matches_sentence_transformers(stubs):
         assert np.abs(got - ref).max() < 5e-3 and (got * ref).sum(1).min() > 0.9999
 
 
-def test_acknowledged_upserts_survive_kill_and_restart(tmp_path, tiny_ce, corpus):
+def test_acknowledged_upserts_survive_kill_and_restart(make_server, tmp_path, tiny_ce, corpus):
     from tandem.v1 import index_pb2_grpc, search_pb2_grpc
 
     args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "durable.db"), "--warmup", "false")
-    s = ServerProcess(tmp_path, *args).start()
+    s = make_server(*args, dir=tmp_path)
     with s.channel() as ch:
         index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="d"))
         index_pb2_grpc.IndexServiceStub(ch).Upsert(
             index_pb2.UpsertRequest(collection="d", documents=docs_from(corpus[:50])), timeout=60)
     s.kill()  # SIGKILL: no shutdown hooks, no flush
-    s2 = ServerProcess(tmp_path, *args, log_name="server2.log").start()
+    s2 = make_server(*args, log_name="server2.log", dir=tmp_path)
     try:
         with s2.channel() as ch:
             info = index_pb2_grpc.IndexServiceStub(ch).DescribeCollection(

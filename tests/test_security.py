@@ -2,62 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import info_pb2, info_pb2_grpc
-from tests.serverproc import ServerProcess
-
-
-def _cert(subject: str, issuer_key=None, issuer_name=None, ca=False, server=False):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                            critical=False)
-    cert = b.sign(issuer_key or key, hashes.SHA256())
-    return key, cert
-
-
-def _pem(key, cert):
-    from cryptography.hazmat.primitives import serialization
-
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()),
-            cert.public_bytes(serialization.Encoding.PEM))
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    ca_key, ca = _cert("tandem-test-ca", ca=True)
-    s_key, s_cert = _cert("localhost", ca_key, ca.subject, server=True)
-    c_key, c_cert = _cert("client", ca_key, ca.subject)
-    rogue_key, rogue = _cert("rogue")  # self-signed, not from our CA
-    files = {}
-    for name, (k, c) in {"ca": (ca_key, ca), "server": (s_key, s_cert), "client": (c_key, c_cert),
-                         "rogue": (rogue_key, rogue)}.items():
-        kp, cp = _pem(k, c)
-        (d / f"{name}.key").write_bytes(kp)
-        (d / f"{name}.crt").write_bytes(cp)
-        files[name] = (kp, cp)
-    (d / "tokens").write_text("# tokens\nsecret-one\nsecret-two\n")
-    return d, files
+from tests.support.serverproc import ServerProcess
 
 
 def _info(ch, token=None):
@@ -65,11 +15,11 @@ def _info(ch, token=None):
     return info_pb2_grpc.InfoServiceStub(ch).Info(info_pb2.InfoRequest(), timeout=10, metadata=md)
 
 
-def test_mtls_and_bearer_tokens(pki, tiny_ce, tmp_path):
+def test_mtls_and_bearer_tokens(make_server, pki, tiny_ce, tmp_path):
     d, files = pki
-    s = ServerProcess(tmp_path, "--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+    s = make_server("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
                       "--tls-cert", str(d / "server.crt"), "--tls-key", str(d / "server.key"),
-                      "--tls-client-ca", str(d / "ca.crt"), "--auth-tokens-file", str(d / "tokens"))
+                      "--tls-client-ca", str(d / "ca.crt"), "--auth-tokens-file", str(d / "tokens"), dir=tmp_path, start=False)
     s.start(wait=False)
     good = grpc.ssl_channel_credentials(files["ca"][1], files["client"][0], files["client"][1])
     try:
@@ -98,11 +48,11 @@ def test_mtls_and_bearer_tokens(pki, tiny_ce, tmp_path):
         s.terminate()
 
 
-def test_tls_without_client_certs_and_health_behind_auth(pki, tiny_ce, tmp_path):
+def test_tls_without_client_certs_and_health_behind_auth(make_server, pki, tiny_ce, tmp_path):
     d, files = pki
-    s = ServerProcess(tmp_path, "--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+    s = make_server("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
                       "--tls-cert", str(d / "server.crt"), "--tls-key", str(d / "server.key"),
-                      "--auth-exempt-health", "false", env={"TANDEM_AUTH_TOKENS": "env-token"})
+                      "--auth-exempt-health", "false", env={"TANDEM_AUTH_TOKENS": "env-token"}, dir=tmp_path, start=False)
     s.start(wait=False)
     creds = grpc.ssl_channel_credentials(files["ca"][1])
     try:

@@ -10,13 +10,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
-from tests.serverproc import REPO, ServerProcess
+from tests.support.serverproc import REPO, ServerProcess
 
 
 @pytest.mark.parametrize("reranker", ["none", "cross-encoder/ms-marco-MiniLM-L6-v2"])
-def test_recall_only_mode(tmp_path, reranker):
+def test_recall_only_mode(make_server, tmp_path, reranker):
     # The default reranker cannot be found offline: the server still starts, recall-only.
-    s = ServerProcess(tmp_path, "--reranker", reranker, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false")
+    s = make_server("--reranker", reranker, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false", dir=tmp_path, start=False)
     s.start()
     try:
         with s.channel() as ch:
@@ -37,7 +37,7 @@ def test_recall_only_mode(tmp_path, reranker):
 
 
 def test_explicit_model_that_cannot_be_found_fails_startup(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", str(tmp_path / "missing"),
+    r = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--reranker", str(tmp_path / "missing"),
                         "--milvus-uri", str(tmp_path / "m.db"), "--port", "0", "--metrics-port", "-1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert r.returncode == 2
@@ -45,7 +45,7 @@ def test_explicit_model_that_cannot_be_found_fails_startup(tmp_path):
 
 
 def test_env_and_flag_precedence(tmp_path):
-    from server import config
+    from tandem.server import config
 
     import argparse
 
@@ -59,21 +59,21 @@ def test_env_and_flag_precedence(tmp_path):
 
 
 def test_embedded_data_file_name_is_checked_at_startup(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--reranker", "none",
+    r = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--reranker", "none",
                         "--milvus-uri", str(tmp_path / "my store.db"), "--port", "0", "--metrics-port", "-1"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert r.returncode == 2 and "1-36 characters" in r.stderr
 
 
 def test_readme_configuration_table_is_the_config_dataclass():
-    from server.config import markdown_table
+    from tandem.server.config import markdown_table
 
     table = markdown_table()
-    assert table in (REPO / "README.md").read_text(), "README's table is stale: regenerate it with python -m server.config"
+    assert table in (REPO / "README.md").read_text(), "README's table is stale: regenerate it with python -m tandem.server.config"
 
 
-def test_event_loop_setting(tmp_path):
-    from server import config
+def test_event_loop_setting(make_server, tmp_path):
+    from tandem.server import config
 
     p = __import__("argparse").ArgumentParser()
     config.add_arguments(p)
@@ -81,8 +81,8 @@ def test_event_loop_setting(tmp_path):
         config.from_sources(p.parse_args(["--event-loop", "tokio"]), {})
     assert config.loop_runner("asyncio") is __import__("asyncio").run
     assert config.loop_runner("auto").__module__.startswith("uvloop")  # a dependency on this platform
-    s = ServerProcess(tmp_path, "--reranker", "none", "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
-                      env={"TANDEM_LOG_LEVEL": "INFO"}).start()
+    s = make_server("--reranker", "none", "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+                      env={"TANDEM_LOG_LEVEL": "INFO"}, dir=tmp_path)
     try:
         assert "event loop uvloop" in s.log()
     finally:

@@ -14,9 +14,9 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tandem.v1 import document_pb2, filter_pb2, index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
-from tests.metricsparse import value
-from tests.serverproc import ServerProcess
-from tests.test_search import cond
+from tests.support.metricsparse import value
+from tests.support.serverproc import ServerProcess
+from tests.support.messages import cond
 
 Op = filter_pb2.Operator
 M = search_pb2.SearchMode
@@ -156,11 +156,11 @@ def _wait(pred, timeout=30.0):
     return False
 
 
-def test_engine_child_is_supervised(tmp_path, tiny_ce):
+def test_engine_child_is_supervised(make_server, tmp_path, tiny_ce):
     """The embedded engine runs as a child: killed, it is restarted and loses nothing acknowledged; and it
     does not outlive a Tandem that is killed."""
     args = ("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "sup.db"), "--warmup", "false")
-    s = ServerProcess(tmp_path, *args).start()
+    s = make_server(*args, dir=tmp_path)
     try:
         (child,) = _children(s.proc.pid, "milvus")
         assert _nice(child) == _nice(s.proc.pid) + 10  # model work runs first on a saturated CPU
@@ -200,8 +200,8 @@ def test_dense_recall_equals_exact_search(stubs):
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from tests.checkpoints import bundled_encoder
-    from tests.conftest import load_beir
+    from tests.support.checkpoints import bundled_encoder
+    from tests.support.data import load_beir
 
     corpus, queries = load_beir("cisi", limit=400)
     docs = [document_pb2.Document(id=d["_id"], text=f"{d['title']} {d['text']}".strip()) for d in corpus]
@@ -244,8 +244,8 @@ def test_hybrid_fusion_equals_milvus_rrf(tmp_path):
     import numpy as np
     from pymilvus import AnnSearchRequest, RRFRanker
 
-    from server.storage import RRF_K, Store
-    from tests.conftest import load_beir
+    from tandem.server.storage import RRF_K, Store
+    from tests.support.data import load_beir
 
     corpus, queries = load_beir("cranfield", limit=300)
     rng = np.random.default_rng(0)
@@ -259,7 +259,7 @@ def test_hybrid_fusion_equals_milvus_rrf(tmp_path):
         for i, q in enumerate(queries[:10]):
             v = rng.standard_normal(8).astype(np.float32).tolist()
             ours = st.search("h", "hybrid", [v], [q["text"]], 20, "")[0]
-            theirs = st.client().hybrid_search("h", [
+            theirs = st.conn.client().hybrid_search("h", [
                 AnnSearchRequest([v], "dense", {"metric_type": "COSINE", "params": {}}, 20),
                 AnnSearchRequest([q["text"]], "sparse", {"metric_type": "BM25"}, 20)], RRFRanker(RRF_K), limit=20)[0]
             ref = {str(h["id"]): float(h["distance"]) for h in theirs}
@@ -272,7 +272,7 @@ def test_hybrid_fusion_equals_milvus_rrf(tmp_path):
 
 @pytest.fixture(scope="module")
 def sem_store(tmp_path_factory):
-    from server.storage import Store
+    from tandem.server.storage import Store
 
     st = Store(str(tmp_path_factory.mktemp("sem-store") / "s.db"))
     st.create("s", "e", 4)
@@ -286,7 +286,7 @@ def sem_store(tmp_path_factory):
 @pytest.mark.parametrize("f, expected", CASES)
 def test_filter_semantics_of_both_paths(sem_store, path, f, expected):
     """The engine's expression and Tandem's predicate agree on every case, document by document."""
-    from server.filters import compile_filter, compile_predicate
+    from tandem.server.storage.filters import compile_filter, compile_predicate
 
     predicate = compile_predicate(f)
     assert predicate is not None and {k for k, m in DOCS.items() if predicate(m)} == expected
@@ -300,10 +300,10 @@ def test_filter_semantics_of_both_paths(sem_store, path, f, expected):
 def test_post_filter_equals_engine_filter_and_falls_back(tmp_path):
     import numpy as np
 
-    from server import metrics
-    from server.filters import compile_filter, compile_predicate
-    from server.storage import Store
-    from tests.conftest import load_beir
+    from tandem.server import metrics
+    from tandem.server.storage.filters import compile_filter, compile_predicate
+    from tandem.server.storage import Store
+    from tests.support.data import load_beir
 
     corpus, queries = load_beir("cranfield", limit=300)
     rng = np.random.default_rng(1)

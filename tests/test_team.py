@@ -3,7 +3,7 @@ has gone. Observations are given, not timed, so nothing here depends on this CPU
 
 from __future__ import annotations
 
-from workers.team import Team
+from tandem.workers.team import Team
 
 
 def _drive(team: Team, slowdown: dict[int, float], passes: int) -> list[int]:

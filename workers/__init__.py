@@ -6,8 +6,8 @@
 - `backends`: the model code that runs on that thread (cross-encoder, bi-encoder).
 """
 
-from workers.batcher import Batcher, BatchLimits, BatchStats
-from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+from tandem.workers.batcher import Batcher, BatchLimits, BatchStats
+from tandem.workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
 
 __all__ = [
     "Batcher",

@@ -117,7 +117,7 @@ class CrossEncoderBackend(_Backend):
         return self._count[inline](pairs)
 
     def calibration_batches(self) -> tuple[list, list]:
-        """The shapes workers.passes.measure times: one short pair, and 16 pairs of 18-48 tokens (padded, as
+        """The shapes workers.passes.calibrate times: one short pair, and 16 pairs of 18-48 tokens (padded, as
         served batches are: a batch without padding takes a faster attention path)."""
         return [("a b c d e f", "a b c d e f")], [("a " * 14, "a " * k) for k in range(1, 33, 2)]
 
@@ -147,7 +147,7 @@ class EmbedderBackend(_Backend):
         return self._count[inline](texts)
 
     def calibration_batches(self) -> tuple[list, list]:
-        """The shapes workers.passes.measure times: one short text, and 16 texts of 17-47 tokens (padded, as
+        """The shapes workers.passes.calibrate times: one short text, and 16 texts of 17-47 tokens (padded, as
         served batches are)."""
         return ["a b c d e f g h i j k l"], ["a " * k for k in range(15, 47, 2)]
 

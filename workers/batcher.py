@@ -21,10 +21,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Hashable, Protocol, Sequence
 
-from workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
-from workers import passes
-from workers.queue import BatchQueue, Entry
-from workers.team import Team
+from tandem.workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
+from tandem.workers import passes
+from tandem.workers.queue import BatchQueue, Entry
+from tandem.workers.team import Team
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,12 @@ class BatchStats:
 
 
 class Backend(Protocol):
-    max_length: int
+    """What a batcher feeds: the models (workers/backends.py, exported.py) and recall (workers/recall.py)."""
+
+    name: str
+    kind: str
+    max_length: int  # tokens an item is capped at; 0: items are not measured in tokens
+    pass_cost: "passes.PassCost | None"  # set by passes.calibrate; None: a batch runs as one pass
 
     def measure(self, payloads: Sequence[Any], inline: bool = False) -> list[int]:
         """Token length of each payload, capped at max_length + 1 (thread side, or the loop when inline)."""
@@ -181,15 +186,12 @@ class Batcher:
             self.observer.dropped("overload", len(payloads))
             raise
         loop = asyncio.get_running_loop()
-        if hasattr(self.backend, "measure"):
-            if _chars(payloads) <= INLINE_MEASURE_CHARS:
-                # A few short texts tokenise in tens of microseconds: cheaper here than a thread hop.
-                lengths = self.backend.measure(payloads, inline=True)
-            else:
-                lengths = await loop.run_in_executor(self._measure_pool, self.backend.measure, payloads)
+        if _chars(payloads) <= INLINE_MEASURE_CHARS:
+            # A few short texts tokenise in tens of microseconds: cheaper here than a thread hop.
+            lengths = self.backend.measure(payloads, inline=True)
         else:
-            lengths = [1] * len(payloads)
-        cap = getattr(self.backend, "max_length", 0) or 0
+            lengths = await loop.run_in_executor(self._measure_pool, self.backend.measure, payloads)
+        cap = self.backend.max_length
         now = time.perf_counter()  # queue waits: loop.time() is only millisecond-exact on uvloop
         entries = [
             Entry(p, min(n, cap) if cap else n, key, loop.create_future(), now, deadline)
@@ -259,7 +261,7 @@ class Batcher:
 
     def _passes(self, batch: list[Entry]) -> list[list[Entry]]:
         """The batch (sorted by length) as the forward passes that cost least (workers/passes.py)."""
-        cost = getattr(self.backend, "pass_cost", None)
+        cost = self.backend.pass_cost
         if not self.limits.split_by_length or cost is None:
             return [batch]
         ends = passes.split([e.cost for e in batch], cost.overhead_tokens)
@@ -269,7 +271,7 @@ class Batcher:
         """Compute-thread side: the passes back to back, with no trip through the event loop between them.
         Each is timed here (a shared thread may first finish another model's batch), fails alone, and is
         handed to `settle` as soon as it is done, so its callers need not wait for the longer passes."""
-        cost = getattr(self.backend, "pass_cost", None)
+        cost = self.backend.pass_cost
         team = self.team if cost is not None else None
         for i, group in enumerate(groups):
             size = team.pick() if team else 0

@@ -4,7 +4,7 @@ Each query's passages are its judged-relevant abstracts first, then others, cut 
 the spread of lengths and scores a reranker sees after recall. The set ships as calibration.json beside this
 file; regenerate it (deterministically) from the repository's copy of Cranfield with
 
-    python -m workers.calibration datasets/cranfield > workers/calibration.json
+    python -m tandem.workers.calibration datasets/cranfield > workers/calibration.json
 """
 
 from __future__ import annotations

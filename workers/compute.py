@@ -52,7 +52,7 @@ def compute_team(device):
         return None
     with _lock:
         if key not in _teams:
-            from workers.team import torch_team
+            from tandem.workers.team import torch_team
 
             _teams[key] = torch_team()
         return _teams[key]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.backends import CrossEncoderBackend, EmbedderBackend, is_causal_reranker
+from tandem.workers.backends import CrossEncoderBackend, EmbedderBackend, is_causal_reranker
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from workers.exported import atomic_write, backend_classes, example_inputs
+from tandem.workers.exported import atomic_write, backend_classes, example_inputs
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "int8")

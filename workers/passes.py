@@ -2,7 +2,7 @@
 
 A forward pass costs a fixed part (framework dispatch and the thread team's fork/join, per op) plus a part per
 padded token. A batch pads every item to its longest, so when a few long items share a batch with many short
-ones, two passes can cost less than one. `split` finds the passes that cost least, and `measure` learns the two
+ones, two passes can cost less than one. `split` finds the passes that cost least, and `calibrate` learns the two
 costs from the model itself at load: on a CPU the fixed part is worth tens of tokens (MiniLM-L6 in bf16 on the
 2-core dev VM: about 4 ms + 0.045 ms per padded token), so splitting pays on mixed lengths; on a GPU the
 per-token part is near zero until the device is full, so a batch stays whole.
@@ -52,7 +52,13 @@ def split(lengths: Sequence[int], overhead_tokens: float) -> list[int]:
     return ends[::-1]
 
 
-def measure(run, measure_lengths, small: list[Any], large: list[Any], repeats: int = 9) -> PassCost:
+def calibrate(backend, repeats: int = 9) -> PassCost:
+    """Time the backend's two calibration shapes (`calibration_batches`) and set its `pass_cost`."""
+    backend.pass_cost = fit_pass_cost(backend.run, backend.measure, *backend.calibration_batches(), repeats=repeats)
+    return backend.pass_cost
+
+
+def fit_pass_cost(run, measure_lengths, small: list[Any], large: list[Any], repeats: int = 9) -> PassCost:
     """Fit PassCost from two batch shapes (one short item; many longer ones), run back to back `repeats` times.
 
     The split needs only the ratio of the two parts, and that comes from the median ratio of a large pass to

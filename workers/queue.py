@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from workers.errors import Overloaded
+from tandem.workers.errors import Overloaded
 
 
 @dataclass(eq=False)

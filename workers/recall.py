@@ -29,10 +29,17 @@ class RecallQuery:
 
 
 class RecallBackend:
-    kind = "recall"
+    """The batcher's Backend over a store: items are queries, not token sequences, so none is measured."""
+
+    name = kind = "recall"
+    max_length = 0
+    pass_cost = None  # a batch of queries is one store call
 
     def __init__(self, store):
         self.store = store
+
+    def measure(self, queries: Sequence[RecallQuery], inline: bool = False) -> list[int]:
+        return [1] * len(queries)
 
     def run(self, queries: Sequence[RecallQuery]) -> list:
         q0 = queries[0]

@@ -64,7 +64,7 @@ class EmbeddedMilvus:
         with self._lock:
             if not self.alive():
                 if self._server is not None:
-                    from server import metrics
+                    from tandem.server import metrics
 
                     metrics.STORE_ENGINE_RESTARTS.inc()
                     log.warning("embedded Milvus (pid %s) exited with %s; restarting it", self.pid,

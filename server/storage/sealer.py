@@ -14,8 +14,8 @@ import asyncio
 import logging
 import time
 
-from server import metrics
-from server.errors import ServiceError
+from tandem.server import metrics
+from tandem.server.storage.errors import CollectionMissing, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,14 @@ class Sealer:
         start = time.monotonic()
         try:
             await asyncio.to_thread(self.store.flush, name)
-        except ServiceError as exc:
-            if exc.code.name != "NOT_FOUND":  # dropped meanwhile: nothing to seal
-                log.warning("sealing %s failed (%s); will retry", name, exc.message)
-                entry = self._pending.setdefault(name, [0, 0.0])
-                entry[0] += rows
-                entry[1] = time.monotonic()
-                metrics.STORE_UNSEALED_ROWS.inc(rows)
+        except CollectionMissing:
+            return  # dropped meanwhile: nothing to seal
+        except StoreError as exc:
+            log.warning("sealing %s failed (%s); will retry", name, exc.message)
+            entry = self._pending.setdefault(name, [0, 0.0])
+            entry[0] += rows
+            entry[1] = time.monotonic()
+            metrics.STORE_UNSEALED_ROWS.inc(rows)
             return
         metrics.STORE_FLUSH_SECONDS.observe(time.monotonic() - start)
         log.debug("sealed %s (%d rows) in %.3fs", name, rows, time.monotonic() - start)

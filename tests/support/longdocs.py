@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from tests.serverproc import REPO
+from tests.support.serverproc import REPO
 
 DATA = REPO / "datasets"
 

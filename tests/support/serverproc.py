@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -43,7 +43,7 @@ class ServerProcess:
     # The first start of a model on a machine measures its backends (--backend auto): minutes on a slow CPU.
     def start(self, timeout: float = 600, wait: bool = True) -> "ServerProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *self.args], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tandem.server.cli", "serve", *self.args], cwd=REPO,
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout)
@@ -91,3 +91,26 @@ class ServerProcess:
         import urllib.request
 
         return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
+
+class Servers:
+    """A factory of servers for one test (or module): `make_server(*flags)` starts `tandem serve` with those flags
+    on free loopback ports, an embedded store in its own folder unless the flags name one, and stops every server
+    it made when the scope ends. `dir=` reuses a folder (a restart over the same data)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.made: list[ServerProcess] = []
+
+    def __call__(self, *flags: str, dir: Path | None = None, env: dict | None = None, start: bool = True,
+                 log_name: str = "server.log", timeout: float = 600) -> ServerProcess:
+        d = Path(dir) if dir is not None else self.root / f"server{len(self.made)}"
+        if "--milvus-uri" not in flags:
+            flags = (*flags, "--milvus-uri", str(d / "m.db"))
+        s = ServerProcess(d, *flags, env=env, log_name=log_name)
+        self.made.append(s)
+        return s.start(timeout) if start else s
+
+    def close(self) -> None:
+        for s in reversed(self.made):
+            s.terminate()

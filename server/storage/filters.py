@@ -9,7 +9,7 @@ a query. Limits keep compiled expressions small.
 Expressions never use `not`: milvus-lite 2.5's segcore rejects it ("unsupported expr proto node"), and
 has no null test on JSON paths. Negation (`none`) is pushed down to the conditions instead, and what
 only `not` could say ("the key is absent", "the value is not a number") is asked of the `present` field,
-which records each metadata key path's type (server/storage.py). Collections made before that field
+which records each metadata key path's type (schema.py). Collections made before that field
 existed (v0.1, on a Milvus server) keep the `not` forms, which servers accept.
 """
 
@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
+from typing import Callable
 
-from server.errors import invalid
+from tandem.server.errors import invalid
 from tandem.v1 import filter_pb2
 
 SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -134,7 +136,7 @@ def compile_filter(f: filter_pb2.Filter | None, presence: bool = True) -> str:
 # -- the same filter as a Python predicate over a hit's metadata ----------------------------------------------
 # The embedded engine evaluates JSON filters by parsing every row (about 15 ms per condition per 100k rows), so
 # the store may instead ask for more unfiltered candidates and keep those this predicate accepts (see
-# Store.search). It mirrors the expressions above exactly; tests/test_store.py checks both against the same
+# recall.py). It mirrors the expressions above exactly; tests/test_store.py checks both against the same
 # documents. Conditions whose engine semantics are not pinned down by those tests (ordering against a bool)
 # get no predicate, and the engine filters as before.
 
@@ -202,3 +204,30 @@ def compile_predicate(f: filter_pb2.Filter):
                 and not any(t(m) for t in none_))
 
     return predicate
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A filter as the engine expression for one schema version, and as a predicate over metadata."""
+
+    source: filter_pb2.Filter | None
+    expr: str = ""
+    predicate: Callable[[dict], bool] | None = None
+    presence: bool = True  # compiled for collections that have the `present` field
+
+    def for_collection(self, meta) -> "CompiledFilter":
+        """The same filter in the form this collection's schema version takes (v0.1 collections lack `present`)."""
+        if not self.expr or meta.has_presence == self.presence:
+            return self
+        return compile(self.source, meta.has_presence)
+
+
+NO_FILTER = CompiledFilter(None)
+
+
+def compile(f: filter_pb2.Filter | None, presence: bool = True) -> CompiledFilter:
+    """Checks the filter (INVALID_ARGUMENT names the condition at fault) and compiles both forms."""
+    expr = compile_filter(f, presence)
+    if not expr:
+        return NO_FILTER
+    return CompiledFilter(f, expr, compile_predicate(f), presence)
