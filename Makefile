@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup serve test proto proto-check lint-proto check-deploy node-setup bench eval clean
+.PHONY: setup serve test proto proto-check lint-proto check-deploy node-setup node-gen bench eval clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,7 @@ serve: setup
 # Installs the Node test clients too when npm is here (no root needed); the suites that still cannot run are
 # listed at the end with the command that enables them.
 test: setup
-	@if command -v npm >/dev/null && [ ! -d node_modules/@grpc/grpc-js ]; then \
+	@if command -v npm >/dev/null && { [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d examples/node/gen ]; }; then \
 	  $(MAKE) --no-print-directory node-setup || echo "npm ci failed: the Node client suites will be skipped"; fi
 	$(BIN)/python -m pytest -q
 
@@ -41,6 +41,13 @@ proto-check: proto
 
 node-setup:
 	npm ci --no-audit --no-fund --loglevel=error
+	$(MAKE) --no-print-directory node-gen
+
+# Regenerates examples/node/gen/ (the Connect client's ES code, git-ignored) from proto/ with protoc-gen-es.
+node-gen:
+	rm -rf examples/node/gen
+	node_modules/.bin/buf generate
+	echo '{"type": "module"}' > examples/node/gen/package.json
 
 # buf lint (STANDARD rules), then no breaking change against the last released contract.
 # After a release: node_modules/.bin/buf build proto -o proto/releases/tandem-vX.Y.Z.binpb

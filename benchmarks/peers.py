@@ -143,9 +143,10 @@ class Infinity:
 
 
 class Tandem:
-    def __init__(self, ce: str, workdir: Path, cache: Path, *args: str):
+    def __init__(self, ce: str, workdir: Path, cache: Path, *args: str, http: bool = False):
         self.ce, self.workdir, self.args = ce, workdir, args
         self.cache = cache
+        self.http = http  # load over HTTP (Cohere v2 bodies to /v2/rerank), as Infinity is loaded
         self.srv = None
 
     def start(self) -> "Tandem":
@@ -166,7 +167,7 @@ class Tandem:
         return s
 
     def target(self) -> str:
-        return self.srv.target
+        return f"{self.srv.http_url}/v2/rerank" if self.http else self.srv.target
 
     def body(self, req: dict) -> dict:
         return req
@@ -254,8 +255,10 @@ def main(argv=None) -> dict:
         "infinity optimum fp32": lambda: Infinity(args.infinity_venv, inf_model, tmp, "--engine", "optimum",
                                                   "--onnx-do-not-prefer-quantized"),
         "tandem default": lambda: Tandem(ce, tmp, cache),
+        "tandem default http": lambda: Tandem(ce, tmp, cache, http=True),
         **({"tandem bf16": lambda: Tandem(ce, tmp, cache, "--precision", "bf16")} if cpu_bf16_flag() else {}),
         "tandem int8": lambda: Tandem(ce, tmp, cache, "--precision", "int8"),
+        "tandem int8 http": lambda: Tandem(ce, tmp, cache, "--precision", "int8", http=True),
     }
     if args.only:
         servers = {k: v for k, v in servers.items() if k in args.only.split(",")}
@@ -336,14 +339,21 @@ def table(rep: dict) -> str:
 
 
 def targets(rep: dict) -> list[str]:
-    """Issue 20's ratios, from this run's medians."""
+    """Issue 20's ratios, from this run's medians: for Tandem's default over gRPC, and over HTTP (issue 22)."""
     srv = rep["servers"]
     inf = {k: v for k, v in srv.items() if k.startswith("infinity")}
-    tan = {k: v for k, v in srv.items() if k.startswith("tandem")}
-    if not inf or "tandem default" not in srv:
+    if not inf:
         return []
+    out = []
+    for label in ("tandem default", "tandem default http"):
+        if label in srv:
+            out += _targets(rep, label, inf, {k: v for k, v in srv.items() if k.startswith("tandem")})
+    return out
+
+
+def _targets(rep: dict, label: str, inf: dict, tan: dict) -> list[str]:
     gated = {k: v for k, v in inf.items() if v["spearman"] >= 0.999 and v["same_top"] >= 0.99}
-    d = srv["tandem default"]
+    d = rep["servers"][label]
     out = []
     for w in ("passages", "titles"):
         key = f"{w} idle"
@@ -351,23 +361,22 @@ def targets(rep: dict) -> list[str]:
         best_tan = max(tan, key=lambda k: tan[k][key]["items_per_s"])
         if gated:
             g = max(gated, key=lambda k: gated[k][key]["items_per_s"])
-            out.append(f"{w}: tandem default / fastest gate-passing Infinity ({g}): "
+            out.append(f"{w}: {label} / fastest gate-passing Infinity ({g}): "
                        f"{d[key]['items_per_s'] / gated[g][key]['items_per_s']:.2f}x (target >= 1.3x)")
         out.append(f"{w}: fastest tandem ({best_tan}) / fastest Infinity ({best_inf}): "
                    f"{tan[best_tan][key]['items_per_s'] / inf[best_inf][key]['items_per_s']:.2f}x (target >= 1.0x)")
         keep = d[f"{w} co-runner"]["items_per_s"] / d[key]["items_per_s"]
         best_inf_busy = max(inf, key=lambda k: inf[k][f"{w} co-runner"]["items_per_s"])
-        out.append(f"{w}: beside a co-runner tandem default keeps {keep:.2f}x of idle (target >= 0.45x); "
+        out.append(f"{w}: beside a co-runner {label} keeps {keep:.2f}x of idle (target >= 0.45x); "
                    f"vs fastest Infinity there ({best_inf_busy}) "
                    f"{d[f'{w} co-runner']['items_per_s'] / inf[best_inf_busy][f'{w} co-runner']['items_per_s']:.2f}x")
         if "raw default" in rep:
-            out.append(f"{w}: tandem default served / raw in-process best batch: "
+            out.append(f"{w}: {label} served / raw in-process best batch: "
                        f"{d[key]['items_per_s'] / rep['raw default']['idle'][w]:.2f}x (target >= 0.9x)")
     best_p50 = min(inf, key=lambda k: inf[k]["one idle"]["p50_ms"])
-    out.append(f"1-document p50 at one client: tandem default {d['one idle']['p50_ms']:.1f} ms, "
+    out.append(f"1-document p50 at one client: {label} {d['one idle']['p50_ms']:.1f} ms, "
                f"best Infinity ({best_p50}) {inf[best_p50]['one idle']['p50_ms']:.1f} ms (target <=)")
     return out
-
 
 if __name__ == "__main__":
     main()

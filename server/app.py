@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tandem.server import metrics, precision
+from tandem.server.admission import Admission
+from tandem.server.auth import Tokens
 from tandem.server.config import Config, ModelSpec
 from tandem.server.embed import EmbedService
 from tandem.server.engine import Engine
@@ -35,22 +37,27 @@ from tandem.workers.recall import RecallBackend
 
 log = logging.getLogger("tandem")
 
-RERANK = rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name
-SEARCH = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
-INDEX = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
-EMBED = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
-INFO = info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name
+SERVICES = (rerank_pb2.DESCRIPTOR.services_by_name["RerankService"],
+            search_pb2.DESCRIPTOR.services_by_name["SearchService"],
+            index_pb2.DESCRIPTOR.services_by_name["IndexService"],
+            embed_pb2.DESCRIPTOR.services_by_name["EmbedService"],
+            info_pb2.DESCRIPTOR.services_by_name["InfoService"])
+RERANK, SEARCH, INDEX, EMBED, INFO = (s.full_name for s in SERVICES)
 STORE_SERVICES = (SEARCH, INDEX)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _read_tokens(cfg: Config) -> frozenset[str]:
-    tokens = {t.strip() for t in cfg.auth_tokens.split(",") if t.strip()}
-    if cfg.auth_tokens_file:
-        lines = Path(cfg.auth_tokens_file).read_text().splitlines()
-        tokens |= {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
-    return frozenset(tokens)
+def _ssl(cfg: Config) -> dict:
+    """uvicorn's TLS settings, the same files (and client CA, for mTLS) as gRPC's."""
+    if not cfg.tls_cert:
+        return {}
+    import ssl
+
+    out = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
+    if cfg.tls_client_ca:
+        out.update(ssl_ca_certs=cfg.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return out
 
 
 def _credentials(cfg: Config) -> grpc.ServerCredentials | None:
@@ -152,6 +159,8 @@ class TandemServer:
         self.cfg = cfg
         self.rt = Runtime(cfg)
         self.server: grpc.aio.Server | None = None
+        self.http = None  # tandem.server.http.server.HttpServer, when --http-port is set
+        self.http_port = 0
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -162,22 +171,30 @@ class TandemServer:
 
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
+        http_socket = None
+        if cfg.http_port:  # bound first: a port in use fails start-up at once, before any model loads
+            from tandem.server.http.server import bind
+
+            http_socket = bind(cfg.http_host, cfg.http_port)
         await assemble(rt)
         if cfg.warmup:
             await self._warmup()
 
+        tokens, admission = Tokens.from_config(cfg), Admission(cfg.max_concurrent_requests)
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(cfg.max_concurrent_requests, _read_tokens(cfg), cfg.auth_exempt_health)],
+            interceptors=[ServerInterceptor(admission, tokens, cfg.auth_exempt_health)],
             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                      ("grpc.max_send_message_length", cfg.max_message_bytes),
                      ("grpc.so_reuseport", 0)],
         )
         engine = Engine.over(rt)  # the one engine every transport adapts
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(RerankService(engine), self.server)
-        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchService(engine), self.server)
-        index_pb2_grpc.add_IndexServiceServicer_to_server(IndexService(engine), self.server)
-        embed_pb2_grpc.add_EmbedServiceServicer_to_server(EmbedService(engine), self.server)
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoService(engine), self.server)
+        servicers = {RERANK: RerankService(engine), SEARCH: SearchService(engine), INDEX: IndexService(engine),
+                     EMBED: EmbedService(engine), INFO: InfoService(engine)}
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(servicers[RERANK], self.server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(servicers[SEARCH], self.server)
+        index_pb2_grpc.add_IndexServiceServicer_to_server(servicers[INDEX], self.server)
+        embed_pb2_grpc.add_EmbedServiceServicer_to_server(servicers[EMBED], self.server)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(servicers[INFO], self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (RERANK, SEARCH, INDEX, EMBED, INFO, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
@@ -194,14 +211,21 @@ class TandemServer:
             await self.health.set(svc, SERVING)
         await self._check_store()
         await self.server.start()
+        if http_socket is not None:
+            from tandem.server.http.server import HttpServer  # FastAPI and uvicorn load only when HTTP is on
+
+            self.http = HttpServer(engine, cfg, tokens, admission, servicers, SERVICES, _ssl(cfg))
+            await self.http.start(http_socket)
+            self.http_port = self.http.port
         await self.health.set("", SERVING)
         self._monitor = asyncio.create_task(self._watch_store())
         # Open (load) every collection now, in the background: the engine loads one lazily on first access,
         # which takes about 19 s at 300k documents, and the first user query should not pay for it.
         self._preload = asyncio.create_task(asyncio.to_thread(self._load_collections))
-        log.info("tandem serving on %s%s (metrics :%s, storage %s, reranker %s, event loop %s)",
+        log.info("tandem serving gRPC on %s%s (HTTP %s, metrics :%s, storage %s, reranker %s, event loop %s)",
                  addr if cfg.port else f"{cfg.host}:{self.port}", " with TLS" if creds else "",
-                 self.metrics_port, rt.store.kind, ", ".join(rt.rerankers) or "NONE (recall-only)",
+                 f"{cfg.http_host}:{self.http_port}" if self.http else "off", self.metrics_port, rt.store.kind,
+                 ", ".join(rt.rerankers) or "NONE (recall-only)",
                  type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     def _load_collections(self) -> None:
@@ -241,13 +265,16 @@ class TandemServer:
         if self._monitor:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.not_serving()
         await asyncio.sleep(delay)
         # Reranks still running shortly before the grace ends give up, so their Searches can answer with recall
         # results (degraded) instead of being cut off with UNAVAILABLE.
         loop = asyncio.get_running_loop()
         cutoff = loop.call_later(max(0.0, grace - min(1.0, grace / 4)), self.rt.draining.set)
-        if self.server is not None:
-            await self.server.stop(grace)
+        # Both transports stop accepting and drain their in-flight calls together, within the same grace.
+        await asyncio.gather(*([self.server.stop(grace)] if self.server is not None else []),
+                             *([self.http.stop()] if self.http is not None else []))
         cutoff.cancel()
         await release(self.rt)
         if self._metrics_http is not None:

@@ -53,6 +53,8 @@ class Config:
     port: int = _f(50051, "gRPC port (0 picks a free one)")
     metrics_host: str = _f("0.0.0.0", "bind address of the Prometheus /metrics endpoint")
     metrics_port: int = _f(9100, "Prometheus /metrics port (0 picks a free one, -1 disables)")
+    http_host: str = _f("0.0.0.0", "HTTP bind address (the Cohere, Jina, TEI and OpenAI dialects, and Connect)")
+    http_port: int = _f(8080, "HTTP port; 0 turns HTTP off")
     # models
     reranker: tuple = _f((DEFAULT_RERANKER,), "cross-encoder, as NAME=PATH_OR_HUB_ID or PATH_OR_HUB_ID (named "
                                                "after itself); repeat for several, the first is the default "

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hmac
 import logging
 import time
 
 import grpc
 
 from tandem.server import metrics
+from tandem.server.admission import Admission
+from tandem.server.auth import HINT, Tokens
 from tandem.server.errors import Kind, TandemError, classify, invalid
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,10 @@ def call_timings() -> dict:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, max_concurrent: int, tokens: frozenset[str] = frozenset(), exempt_health: bool = True):
-        self.max_concurrent = max_concurrent
+    def __init__(self, admission: Admission, tokens: Tokens = Tokens(), exempt_health: bool = True):
+        self.admission = admission  # shared with the HTTP server: one limit for the process
         self.tokens = tokens
         self.exempt_health = exempt_health
-        self.in_flight = 0
         # The wrapped handler per method, built once: this runs on every RPC. Only methods the server
         # serves get an entry, so the set is closed.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -56,13 +56,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, details):
         method = details.method
         exempt = method.startswith(EXEMPT_PREFIXES)
-        if self.tokens and not (exempt and self.exempt_health):
-            if not self._authorized(details.invocation_metadata):
+        if self.tokens.required and not (exempt and self.exempt_health):
+            if not self.tokens.accepts(_authorization(details.invocation_metadata)):
                 handler = await continuation(details)
                 if handler is None:
                     return None
-                return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED,
-                             "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'")
+                return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED, HINT)
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             handler = await continuation(details)
@@ -92,13 +91,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
         return handler
 
-    def _authorized(self, md) -> bool:
-        for key, value in md or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                presented = value[7:].strip().encode()
-                return any(hmac.compare_digest(presented, t.encode()) for t in self.tokens)
-        return False
-
     def _wrap(self, behavior, method: str, exempt: bool):
         in_flight = metrics.IN_FLIGHT.labels(method)
 
@@ -107,16 +99,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             token = _timings.set({})
             counted = not exempt
-            if counted:
-                self.in_flight += 1
+            admitted = self.admission.enter() if counted else True
             in_flight.inc()
             try:
                 if isinstance(request, _Undecodable):
                     raise request.error()
-                if counted and self.in_flight > self.max_concurrent:
+                if not admitted:
                     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                    await context.abort(code, f"server busy: {self.max_concurrent} requests in flight "
-                                              "(max_concurrent_requests); retry with backoff")
+                    await context.abort(code, self.admission.busy)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = context.code() or code
@@ -137,7 +127,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(*mapped)
             finally:
                 if counted:
-                    self.in_flight -= 1
+                    self.admission.leave()
                 in_flight.dec()
                 if code == grpc.StatusCode.OK:
                     _set_trailers(context, start)
@@ -167,6 +157,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(method, code, time.perf_counter() - start)
 
         return wrapper
+
+
+def _authorization(md) -> str | None:
+    for key, value in md or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
 
 
 class _Undecodable:

@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.checkpoints import bundled_encoder
+from tests.support.http import call
 from tests.support.serverproc import REPO, free_port
 
 
@@ -43,7 +44,7 @@ def test_the_wheel_installs_one_namespace(installed):
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert tops == {"tandem", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}, tops
     assert not (purelib / "server").exists() and not (purelib / "workers").exists()
-    for part in ("server/engine/rerank.py", "server/storage/recall.py", "workers/batcher.py",
+    for part in ("server/engine/rerank.py", "server/storage/recall.py", "server/http/routes.py", "workers/batcher.py",
                  "workers/calibration.json"):
         assert (purelib / "tandem" / part).exists(), part
 
@@ -64,11 +65,12 @@ def test_cli_help_and_a_server_start_from_the_wheel(installed, tmp_path):
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import tandem.server; print(tandem.server.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert where.stdout.strip().startswith(str(purelib)), where.stdout + where.stderr
-    port = free_port()
+    port, http_port = free_port(), free_port()
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([tandem, "serve", "--reranker", "none", "--embedder", bundled_encoder(),
                              "--backend", "torch", "--precision", "fp32", "--warmup", "false",
                              "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
+                             "--http-host", "127.0.0.1", "--http-port", str(http_port),
                              "--milvus-uri", str(tmp_path / "m.db")],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -83,6 +85,7 @@ def test_cli_help_and_a_server_start_from_the_wheel(installed, tmp_path):
             except grpc.RpcError:
                 time.sleep(0.3)
         assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "server.log").read_text()[-3000:]
+        assert call(f"http://127.0.0.1:{http_port}/health").status == 200  # the HTTP side, from the wheel too
     finally:
         proc.terminate()
         assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()[-3000:]

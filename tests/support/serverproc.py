@@ -28,8 +28,11 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port()
+        # HTTP on a free port unless the flags say otherwise (`--http-port 0` turns it off).
+        self.http_port = int(args[args.index("--http-port") + 1]) if "--http-port" in args else free_port()
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-host", "127.0.0.1",
-                     "--metrics-port", str(self.metrics_port), *args]
+                     "--metrics-port", str(self.metrics_port), "--http-host", "127.0.0.1",
+                     *([] if "--http-port" in args else ["--http-port", str(self.http_port)]), *args]
         # No drain delay unless a test asks for one (flags beat the environment): every test stops its servers.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                     "TANDEM_DRAIN_DELAY_SECONDS": "0", **(env or {})}
@@ -39,6 +42,10 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     # The first start of a model on a machine measures its backends (--backend auto): minutes on a slow CPU.
     def start(self, timeout: float = 600, wait: bool = True) -> "ServerProcess":

@@ -1,0 +1,223 @@
+"""The route table and what every route gets from it, before its own code runs: auth, the shared concurrency
+limit, content type and body size checks, metrics, and errors in the route's own envelope.
+
+Every check is looked up by the exact route (method and path) in the table, never by a path prefix, so a route
+is protected because it is listed, and a route added without a decision cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from tandem.server import metrics
+from tandem.server.admission import Admission
+from tandem.server.auth import HINT, Tokens
+from tandem.server.errors import Kind
+from tandem.server.http import errors
+from tandem.server.http.errors import RETRY_AFTER_SECONDS, Dialect, Failure
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+# Status kinds as the request metrics name them (gRPC's code names, so one dashboard reads both transports).
+CODE_OF_STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
+                  409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
+                  429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 503: "UNAVAILABLE",
+                  504: "DEADLINE_EXCEEDED"}
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    endpoint: Callable
+    dialect: Dialect
+    summary: str
+    method: str = "POST"
+    public: bool = False  # reachable without a token and outside the concurrency limit (health)
+    body: tuple = ()  # body models to document, for a route that parses its body itself
+    content_types: tuple[str, ...] = (JSON,)
+    tags: tuple[str, ...] = field(default=("dialects",))
+
+
+def validation_failure(problems: list[dict]) -> Failure:
+    """A body that did not parse (400) or did not fit the dialect's schema (422), naming the fields."""
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return Failure(400, Kind.INVALID_ARGUMENT.value, "the body is not valid JSON")
+    words = []
+    for p in problems[:5]:
+        where = ".".join(str(x) for x in p.get("loc", ()) if x != "body") or "body"
+        words.append(f"{where}: {p.get('msg', 'invalid')}")
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return Failure(422, Kind.INVALID_ARGUMENT.value, "; ".join(words) + more)
+
+
+class Guard:
+    """ASGI middleware: the checks every listed route shares, in this order: auth (401), the concurrency limit
+    (429 with Retry-After), content type (415), body size (413); then the route; metrics throughout."""
+
+    def __init__(self, app, table: dict[tuple[str, str], Route], tokens: Tokens, admission: Admission,
+                 max_body_bytes: int, exempt_public: bool):
+        self.app, self.table, self.tokens, self.admission = app, table, tokens, admission
+        self.max_body_bytes, self.exempt_public = max_body_bytes, exempt_public
+        self._metrics: dict[tuple[str, str], tuple] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = self.table.get((scope["method"], scope["path"]))
+        if route is None:  # only listed routes are served; no metric label is made for anything else
+            known = any(path == scope["path"] for _, path in self.table)
+            f = Failure(405, "invalid_argument", f"{scope['method']} is not allowed on {scope['path']}") if known \
+                else Failure(404, "not_found", f"no route {scope['path']}; see /openapi.json")
+            return await errors.render(f, errors.OPENAI)(scope, receive, send)
+        start = time.perf_counter()
+        state = scope.setdefault("tandem", {})
+        status = [0]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        gauge = metrics.IN_FLIGHT.labels(route.path)
+        gauge.inc()
+        counted = not (route.public and self.exempt_public)
+        entered = False
+        try:
+            problem = self._check(route, scope, counted)
+            if problem is None and counted:
+                entered = True
+                if not self.admission.enter():
+                    problem = Failure(429, Kind.RESOURCE_EXHAUSTED.value, self.admission.busy,
+                                      {"retry-after": str(RETRY_AFTER_SECONDS)})
+            if problem is not None:
+                state["code"] = problem.kind.upper()
+                return await errors.render(problem, route.dialect)(scope, receive, sending)
+            try:
+                await self.app(scope, self._limited(receive), sending)
+            except Failure as f:  # the body outgrew the limit while it was read
+                if status[0]:
+                    raise
+                state["code"] = f.kind.upper()
+                await errors.render(f, route.dialect)(scope, receive, sending)
+        finally:
+            if entered:
+                self.admission.leave()
+            gauge.dec()
+            code = state.get("code") or CODE_OF_STATUS.get(status[0], "UNKNOWN")
+            self._finish(route.path, code, time.perf_counter() - start)
+
+    def _check(self, route: Route, scope, counted: bool) -> Failure | None:
+        headers = {k: v for k, v in scope["headers"] if k in (b"authorization", b"content-type", b"content-length")}
+        if self.tokens.required and not (route.public and self.exempt_public):
+            value = headers.get(b"authorization", b"").decode("latin-1")
+            if not self.tokens.accepts(value):
+                return Failure(401, "unauthenticated", HINT)
+        if route.method != "POST":
+            return None
+        kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if kind not in route.content_types:
+            return Failure(415, Kind.INVALID_ARGUMENT.value,
+                           f"content-type {kind or 'missing'!r}: send {' or '.join(route.content_types)}")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return self._too_large(int(length))
+        return None
+
+    def _too_large(self, n: int) -> Failure:
+        return Failure(413, Kind.RESOURCE_EXHAUSTED.value, f"the body is {n} bytes or more; the limit is "
+                       f"{self.max_body_bytes} (max_message_bytes)")
+
+    def _limited(self, receive):
+        """receive, counting body bytes: a body without Content-Length (chunked) is held to the same limit."""
+        seen = [0]
+
+        async def counting():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.max_body_bytes:
+                    raise self._too_large(seen[0])
+            return message
+
+        return counting
+
+    def _finish(self, path: str, code: str, seconds: float) -> None:
+        children = self._metrics.get((path, code))
+        if children is None:
+            children = self._metrics[(path, code)] = (metrics.REQUESTS.labels(path, code),
+                                                      metrics.REQUEST_SECONDS.labels(path, code))
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_bytes: int, exempt_public: bool,
+          version: str) -> FastAPI:
+    """The ASGI app: the routes, their guard, and an OpenAPI document at /openapi.json (no docs page: its assets
+    would come from a CDN, which an offline deployment cannot reach)."""
+    app = FastAPI(title="Tandem HTTP API", version=version, docs_url=None, redoc_url=None,
+                  description="Rerank and embeddings in the dialects RAG frameworks call (Cohere, Jina, TEI, "
+                              "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.")
+    # The OpenAPI document is FastAPI's own route; listed here so that it is behind the token like the rest.
+    table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET")}
+    for r in routes:
+        extra = None
+        if r.body:
+            extra = {"requestBody": {"required": True, "content": {JSON: {"schema": {"oneOf": [
+                {"$ref": f"#/components/schemas/{m.__name__}"} for m in r.body]}}}}}
+        app.add_api_route(r.path, r.endpoint, methods=[r.method], summary=r.summary, tags=list(r.tags),
+                          openapi_extra=extra)
+        table[(r.method, r.path)] = r
+
+    def dialect(request: Request) -> Dialect:
+        route = table.get((request.method, request.url.path))
+        return route.dialect if route else errors.OPENAI
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        f = validation_failure(list(exc.errors()))
+        request.scope.setdefault("tandem", {})["code"] = f.kind.upper()
+        return errors.render(f, dialect(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """The router's 404 and 405, and FastAPI's own body errors (a body over the limit while it was read
+        arrives here as the cause of FastAPI's 400), in the route's envelope."""
+        f = exc.__cause__ if isinstance(exc.__cause__, Failure) else Failure(
+            exc.status_code, CODE_OF_STATUS.get(exc.status_code, "INVALID_ARGUMENT").lower(), str(exc.detail))
+        request.scope.setdefault("tandem", {})["code"] = f.kind.upper()
+        return errors.render(f, dialect(request))
+
+    _document_bodies(app, routes)
+    app.add_middleware(Guard, table=table, tokens=tokens, admission=admission, max_body_bytes=max_body_bytes,
+                       exempt_public=exempt_public)
+    return app
+
+
+def _document_bodies(app: FastAPI, routes: list[Route]) -> None:
+    """Put the body models of routes that parse their own body into the OpenAPI components."""
+    models = {m for r in routes for m in r.body}
+    if not models:
+        return
+    plain = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = plain()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for m in models:
+                s = m.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(s.pop("$defs", {}))
+                components[m.__name__] = s
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
