@@ -156,4 +156,7 @@ def test_openapi_document_lists_every_route(url):
     assert {"/v2/rerank", "/v1/rerank", "/rerank", "/embed", "/v1/embeddings", "/info", "/health",
             "/tandem.v1.SearchService/Search", "/tandem.v1.IndexService/Upsert"} <= paths
     assert "/tandem.v1.IndexService/UpsertStream" not in paths  # client streaming stays on gRPC
+    schemas = doc.body["components"]["schemas"]
+    assert {"CohereV2Rerank", "CohereV2RerankResponse", "TeiRerank", "DocumentsRerank", "OpenAIEmbeddings",
+            "OpenAIEmbeddingsResponse"} <= set(schemas)
     assert call(f"{url}/docs").status == 404  # no docs page that would load assets from a CDN

@@ -6,12 +6,13 @@ import base64
 
 import numpy as np
 from starlette.requests import Request
+from starlette.responses import Response
 
 from tandem.server.engine import Engine
 from tandem.server.errors import invalid
 from tandem.server.http import errors
 from tandem.server.http.calls import call, json
-from tandem.server.http.models import OpenAIEmbeddings, TeiEmbed
+from tandem.server.http.models import OpenAIEmbeddings, OpenAIEmbeddingsResponse, TeiEmbed
 from tandem.server.http.routes import Route
 
 
@@ -22,7 +23,7 @@ class EmbedRoutes:
     async def tei(self, request: Request, body: TeiEmbed):
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         out = await call(request, self.engine.embedder.embed(texts), errors.TEI)
-        if not hasattr(out, "vectors"):
+        if isinstance(out, Response):  # the error, in the dialect's envelope
             return out
         return json(np.asarray(out.vectors, dtype=np.float32).tolist())
 
@@ -67,6 +68,8 @@ class EmbedRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/embed", self.tei, errors.TEI, "TEI embed: unit-length vectors as a bare array"),
-            Route("/v1/embeddings", self.openai, errors.OPENAI, "OpenAI embeddings (float or base64)"),
+            Route("/embed", self.tei, errors.TEI, "TEI embed: unit-length vectors as a bare array",
+                  response=list[list[float]]),
+            Route("/v1/embeddings", self.openai, errors.OPENAI, "OpenAI embeddings (float or base64)",
+                  response=OpenAIEmbeddingsResponse),
         ]

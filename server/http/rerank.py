@@ -6,15 +6,19 @@ Each adapts its body to `Engine.reranker.score` and the Ranking back to its own 
 
 from __future__ import annotations
 
+from typing import Union
+
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from tandem.server.engine import Engine
 from tandem.server.http import errors
 from tandem.server.http.calls import call, json, request_id
 from tandem.server.http.errors import Failure
-from tandem.server.http.models import CohereV2Rerank, DocumentsRerank, TeiRerank
+from tandem.server.http.models import (CohereV2Rerank, CohereV2RerankResponse, DocumentsRerank,
+                                       DocumentsRerankResponse, TeiRank, TeiRerank)
 from tandem.server.http.routes import Route, validation_failure
 
 
@@ -30,7 +34,7 @@ class RerankRoutes:
         out = await call(request, self.engine.reranker.score(
             body.query, body.documents, model=body.model, top_n=body.top_n or 0,
             max_tokens_per_doc=body.max_tokens_per_doc or 0), errors.COHERE)
-        if not hasattr(out, "results"):
+        if isinstance(out, Response):  # the error, in the dialect's envelope
             return out
         return json({"id": request_id(),
                      "results": [{"index": r.index, "relevance_score": r.score} for r in out.results],
@@ -45,7 +49,7 @@ class RerankRoutes:
         out = await call(request, self.engine.reranker.score(
             body.query, texts, model=body.model, top_n=body.top_n or 0, raw=body.raw_scores,
             max_tokens_per_doc=body.max_tokens_per_doc or 0), dialect)
-        if not hasattr(out, "results"):
+        if isinstance(out, Response):  # the error, in the dialect's envelope
             return out
         results = []
         for r in out.results:
@@ -59,7 +63,7 @@ class RerankRoutes:
     async def tei(self, request: Request, body: TeiRerank):
         out = await call(request, self.engine.reranker.score(body.query, body.texts, raw=body.raw_scores),
                          errors.TEI)
-        if not hasattr(out, "results"):
+        if isinstance(out, Response):  # the error, in the dialect's envelope
             return out
         if body.return_text:
             return json([{"index": r.index, "score": r.score, "text": body.texts[r.index]} for r in out.results])
@@ -82,9 +86,10 @@ class RerankRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v2/rerank", self.cohere_v2, errors.COHERE, "Cohere v2 rerank"),
-            Route("/v1/rerank", self.cohere_v1, errors.COHERE, "Cohere v1 / Jina rerank"),
+            Route("/v2/rerank", self.cohere_v2, errors.COHERE, "Cohere v2 rerank", response=CohereV2RerankResponse),
+            Route("/v1/rerank", self.cohere_v1, errors.COHERE, "Cohere v1 / Jina rerank",
+                  response=DocumentsRerankResponse),
             Route("/rerank", self.shared, errors.OPENAI,
                   "TEI rerank (a body with `texts`), or vLLM / Infinity rerank (a body with `documents`)",
-                  body=(TeiRerank, DocumentsRerank)),
+                  body=(TeiRerank, DocumentsRerank), response=Union[list[TeiRank], DocumentsRerankResponse]),
         ]

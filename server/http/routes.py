@@ -43,6 +43,7 @@ class Route:
     method: str = "POST"
     public: bool = False  # reachable without a token and outside the concurrency limit (health)
     body: tuple = ()  # body models to document, for a route that parses its body itself
+    response: object = None  # the response model, for the OpenAPI document only (routes return bodies as built)
     content_types: tuple[str, ...] = (JSON,)
     tags: tuple[str, ...] = field(default=("dialects",))
 
@@ -174,7 +175,7 @@ def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_by
             extra = {"requestBody": {"required": True, "content": {JSON: {"schema": {"oneOf": [
                 {"$ref": f"#/components/schemas/{m.__name__}"} for m in r.body]}}}}}
         app.add_api_route(r.path, r.endpoint, methods=[r.method], summary=r.summary, tags=list(r.tags),
-                          openapi_extra=extra)
+                          openapi_extra=extra, response_model=r.response)
         table[(r.method, r.path)] = r
 
     def dialect(request: Request) -> Dialect:
