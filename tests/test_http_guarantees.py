@@ -123,7 +123,9 @@ def test_a_disconnected_client_drops_its_queued_work(make_server, minilm_ce):
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /v2/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                      b"content-length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(0.5)  # the request is queued and its first batches run
+        end = time.monotonic() + 60  # until its pairs wait in the reranker's queue, however slow the CPU
+        while time.monotonic() < end and not value(s.metrics_text(), "tandem_queue_depth", worker="reranker"):
+            time.sleep(0.05)
     end = time.monotonic() + 60
     dropped = before
     while time.monotonic() < end and dropped <= before:
@@ -171,10 +173,11 @@ def test_http_port_zero_turns_http_off(make_server, tiny_ce):
 
 
 def test_shutdown_turns_health_to_503_while_routes_still_serve(make_server, tiny_ce):
-    s = make_server("--reranker", tiny_ce, "--warmup", "false", "--drain-delay-seconds", "3")
+    # A drain delay far longer than any wait below, so the checks fall inside it on a slow or busy machine.
+    s = make_server("--reranker", tiny_ce, "--warmup", "false", "--drain-delay-seconds", "20")
     assert call(s.http_url + "/health").status == 200
     s.proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + 2.5
+    end = time.monotonic() + 15
     health = 200
     while time.monotonic() < end and health == 200:
         health = call(s.http_url + "/health", timeout=5).status

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from tandem.v1 import document_pb2, index_pb2, rerank_pb2, search_pb2
+from tests.support.http import call
 from tests.support.metricsparse import histogram_buckets, samples, value
 from tests.support.serverproc import free_port
 
@@ -64,9 +65,13 @@ def test_metrics_endpoint_shows_every_family(server, loaded):
     kinds = {l["kind"]: l for l, v in samples(text, "tandem_model_info") if v == 1}
     assert kinds["reranker"]["device"] == "cpu" and kinds["embedder"]["model"].endswith("all-MiniLM-L6-v2")
     assert value(text, "process_resident_memory_bytes") > 0
-    # No user strings in labels: every method label is a real RPC path.
+    # No user strings in labels: every method label is a real RPC path or a route the HTTP server lists.
+    routes = set(call(server.http_url + "/openapi.json").body["paths"]) | {"/openapi.json"}
     methods = {l["method"] for l, _ in samples(text, "tandem_requests_total")}
-    assert all(m.startswith(("/tandem.v1.", "/grpc.")) for m in methods), methods
+    assert all(m.startswith(("/tandem.v1.", "/grpc.")) or m in routes for m in methods), methods
+    call(server.http_url + "/no/such/route")
+    after = {l["method"] for l, _ in samples(server.metrics_text(), "tandem_requests_total")}
+    assert "/no/such/route" not in after
 
 
 def _query(port: int, promql: str) -> list:
