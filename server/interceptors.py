@@ -118,10 +118,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
                 raise
             except Exception as exc:
-                mapped = to_status(exc)
-                if mapped is None:
-                    log.exception("unhandled error in %s", method)
-                    mapped = (grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+                mapped = _answer(exc, method)
                 code = mapped[0]
                 _set_trailers(context, start)
                 await context.abort(*mapped)
@@ -137,13 +134,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(self, behavior, method: str):
+        """Server-streaming calls (Export): the unary wrapper's accounting, with errors mapped as they are raised
+        between messages."""
         in_flight = metrics.IN_FLIGHT.labels(method)
 
         async def wrapper(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            admitted = self.admission.enter()
             in_flight.inc()
             try:
+                if isinstance(request, _Undecodable):
+                    raise request.error()
+                if not admitted:
+                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await context.abort(code, self.admission.busy)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
@@ -152,11 +157,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except Exception as exc:
+                mapped = _answer(exc, method)
+                code = mapped[0]
+                await context.abort(*mapped)
             finally:
+                self.admission.leave()
                 in_flight.dec()
                 self._finish(method, code, time.perf_counter() - start)
 
         return wrapper
+
+
+def _answer(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a failure gets: its kind's, or INTERNAL (logged with its traceback) for a bug."""
+    mapped = to_status(exc)
+    if mapped is None:
+        log.exception("unhandled error in %s", method)
+        mapped = (grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    return mapped
 
 
 def _authorization(md) -> str | None:

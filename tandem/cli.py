@@ -7,6 +7,10 @@
   rerank        rerank documents given on the command line
   ingest        stream BEIR, JSONL or a folder of .txt/.md files into a collection
   eval          nDCG@10 / MRR@10 / R@100 of a running server on a BEIR folder
+  export        a collection with its vectors to a Parquet file
+  import        an export file into a collection, without embedding again (resumable)
+  backup        every collection of a running server into a folder
+  restore       a backup folder into a server
   bench         the benchmarks (source checkout only)
 
 Client commands take --target, --token, --tls/--tls-ca and --json (print the response as JSON).
@@ -149,6 +153,70 @@ def _eval(args) -> int:
     return 0
 
 
+def _report(args, report) -> None:
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+def _export(args) -> int:
+    from tandem.transfer import export_collection
+
+    with _client(args) as c:
+        r = export_collection(c, args.collection, args.output, page_size=args.page_size, progress=not args.json)
+    _report(args, r)
+    if not args.json:
+        print(f"exported {r['rows']} rows of {args.collection!r} ({r['documents']} documents, embedder "
+              f"{r['embedder']}) to {r['file']}: {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s")
+    return 0
+
+
+def _chunking(args) -> tuple[int, int] | None:
+    if args.no_chunking:
+        return (0, 0)
+    return (args.chunk_tokens, args.chunk_overlap) if args.chunk_tokens else None
+
+
+def _import(args) -> int:
+    from tandem.transfer import import_file
+
+    say = (lambda *a: None) if args.json else (lambda line: print(line, file=sys.stderr))
+    with _client(args) as c:
+        r = import_file(c, args.file, collection=args.collection, into_existing=args.into_existing,
+                        re_embed=args.re_embed, embedder=args.embedder, language=args.language,
+                        chunking=_chunking(args), segment_rows=args.segment_rows, progress=not args.json, say=say)
+    _report(args, r)
+    if not args.json:
+        how = "embedded again" if r["re_embedded"] else "with their vectors, no embedding"
+        print(f"imported {r['rows']} rows ({r['documents']} documents) into {r['collection']!r} {how}, "
+              f"in {r['seconds']:.1f} s")
+    return 0
+
+
+def _backup(args) -> int:
+    from tandem.transfer import backup
+
+    say = (lambda *a: None) if args.json else print
+    with _client(args) as c:
+        m = backup(c, args.directory, progress=not args.json, say=say)
+    _report(args, m)
+    if not args.json:
+        print(f"backed up {len(m['collections'])} collections to {args.directory}")
+    return 0
+
+
+def _restore(args) -> int:
+    from tandem.transfer import restore
+
+    say = (lambda *a: None) if args.json else print
+    with _client(args) as c:
+        out = restore(c, args.directory, into_existing=args.into_existing, re_embed=args.re_embed,
+                      progress=not args.json, say=say)
+    _report(args, out)
+    if not args.json:
+        print(f"restored {len(out)} collections from {args.directory}")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------------
 
 def _client_flags(p, timeout: float = 60.0) -> None:
@@ -238,6 +306,43 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="", help="also write the report (JSON) here")
     _client_flags(e, timeout=600.0)
     e.set_defaults(fn=_eval)
+
+    x = sub.add_parser("export", help="write a collection, vectors included, to a Parquet file")
+    x.add_argument("collection")
+    x.add_argument("-o", "--output", required=True, help="the file to write (FILE.partial until complete)")
+    x.add_argument("--page-size", type=int, default=1024, help="rows per stream message (1024)")
+    _client_flags(x, timeout=24 * 3600.0)
+    x.set_defaults(fn=_export)
+
+    m = sub.add_parser("import", help="load an export file into a collection without embedding again "
+                                      "(run again to resume after an interruption)")
+    m.add_argument("file")
+    m.add_argument("--collection", default="", help="the collection to create (default: the exported name)")
+    m.add_argument("--into-existing", action="store_true",
+                   help="write into an existing collection with the same embedder and chunking")
+    m.add_argument("--re-embed", action="store_true",
+                   help="embed the texts again: when this server lacks the exported embedder, or to re-chunk")
+    m.add_argument("--embedder", default="", help="with --re-embed: the embedder to use (default: the server's)")
+    m.add_argument("--language", default="", help="BM25 analyzer of the new collection (default: the exported one)")
+    m.add_argument("--chunk-tokens", type=int, default=0, help="with --re-embed: chunk into passages of N tokens")
+    m.add_argument("--chunk-overlap", type=int, default=0, help="with --chunk-tokens: overlap in tokens")
+    m.add_argument("--no-chunking", action="store_true", help="with --re-embed: store whole documents")
+    m.add_argument("--segment-rows", type=int, default=8192,
+                   help="rows per Import call; progress is saved after each, and a re-run resumes there (8192)")
+    _client_flags(m, timeout=24 * 3600.0)
+    m.set_defaults(fn=_import)
+
+    b = sub.add_parser("backup", help="export every collection of a running server into a folder")
+    b.add_argument("directory")
+    _client_flags(b, timeout=24 * 3600.0)
+    b.set_defaults(fn=_backup)
+
+    rs = sub.add_parser("restore", help="import every collection of a backup folder")
+    rs.add_argument("directory")
+    rs.add_argument("--into-existing", action="store_true", help="write into collections that already exist")
+    rs.add_argument("--re-embed", action="store_true", help="embed the texts again (another embedder)")
+    _client_flags(rs, timeout=24 * 3600.0)
+    rs.set_defaults(fn=_restore)
 
     return p
 

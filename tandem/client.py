@@ -118,6 +118,57 @@ class Client(Connection):
         return self._call(self._index.Delete, index_pb2.DeleteRequest(collection=collection, ids=list(ids)),
                           idempotent=True, timeout=timeout, name="Delete").deleted
 
+    # -- export and import (files: tandem/transfer.py) ------------------------------------------------------------
+
+    def export(self, collection: str, *, page_size: int = 0, timeout: float | None = None):
+        """(CollectionRecord, iterator of pages of `Row`s) of the whole collection, vectors included. The
+        stream is not retried once rows flow: read it to the end, or export again."""
+        stream = self._index.Export(index_pb2.ExportRequest(collection=collection, page_size=page_size),
+                                    timeout=timeout or max(self.timeout, 24 * 3600.0), metadata=self._md)
+        try:
+            first = next(stream)
+        except grpc.RpcError as exc:
+            raise TandemError.from_rpc(exc, "Export") from None
+
+        def pages():
+            try:
+                for msg in stream:
+                    yield msg.rows
+            except grpc.RpcError as exc:
+                raise TandemError.from_rpc(exc, "Export") from None
+            finally:
+                stream.cancel()  # a reader that stops early frees the server's iterator
+
+        return first.record, pages()
+
+    def import_rows(self, record, pages: Callable[[], Iterable], *, collection: str = "",
+                    into_existing: bool = False, re_embed: bool = False, embedder: str = "", language: str = "",
+                    chunking: tuple[int, int] | None = None, timeout: float | None = None):
+        """One Import call: `record` (a CollectionRecord) then the rows of `pages()`, a function returning an
+        iterable of lists of `Row`s, so that a broken stream can be sent again (writes are upserts by id).
+        `chunking`: None keeps the recorded one, (0, 0) stores whole documents. Returns the ImportResponse."""
+        head = dict(record=record, collection=collection, into_existing=into_existing, re_embed=re_embed,
+                    embedder=embedder, language=language,
+                    chunking=index_pb2.Chunking(max_tokens=chunking[0], overlap_tokens=chunking[1])
+                    if chunking is not None else None)
+
+        attempts = [0]
+
+        def stream():
+            # A retry (after UNAVAILABLE) may find the collection its first attempt made: write into it.
+            attempts[0] += 1
+            if attempts[0] > 1:
+                head["into_existing"] = True
+            first = True
+            for rows in pages():
+                yield index_pb2.ImportRequest(**head, rows=rows) if first else index_pb2.ImportRequest(rows=rows)
+                first = False
+            if first:
+                yield index_pb2.ImportRequest(**head)
+
+        return self._call(self._index.Import, stream, idempotent=True, name="Import",
+                          timeout=timeout or max(self.timeout, 24 * 3600.0))
+
     # -- retrieval ---------------------------------------------------------------------------------------------
 
     def search(self, collection: str, query: str, top_n: int = 10, mode: str = "dense", filter=None, rerank=None,

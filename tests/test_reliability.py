@@ -17,6 +17,7 @@ from tandem.v1 import (document_pb2, embed_pb2, embed_pb2_grpc, index_pb2, index
                        rerank_pb2_grpc, search_pb2, search_pb2_grpc)
 from tests.support.data import load_beir
 from tests.support.metricsparse import value
+from tests.support.milvus import MilvusLite, wait_for
 from tests.support.serverproc import ServerProcess, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,15 +26,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def health(ch, service=""):
     return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def wait_for(pred, timeout=30.0, every=0.25):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(every)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +39,6 @@ def documents(corpus, prefix=""):
 
 
 # -- Milvus outage -----------------------------------------------------------------------------------------------
-
-class MilvusLite:
-    """The embedded engine's binary serving TCP in its own process, reached over http:// like Milvus Standalone."""
-
-    def __init__(self, data_dir, port):
-        from tandem.server.storage.embedded import EmbeddedMilvus
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port
-        self.engine = EmbeddedMilvus(str(data_dir / "milvus.db"), address=f"127.0.0.1:{port}")
-
-    def start(self):
-        self.engine.uri()
-        from pymilvus import MilvusClient
-
-        assert wait_for(lambda: _reachable(MilvusClient, self.port), 60), "milvus-lite server did not start"
-
-    def stop(self):
-        self.engine.stop()
-
-
-def _reachable(client_cls, port):
-    try:
-        client_cls(uri=f"http://127.0.0.1:{port}", timeout=2).list_collections(timeout=2)
-        return True
-    except Exception:
-        return False
-
 
 def test_milvus_outage_gives_unavailable_and_recovers(make_server, tmp_path, tiny_ce, corpus):
     milvus = MilvusLite(tmp_path / "milvus", free_port())

@@ -7,6 +7,7 @@ collections.py create, drop, list and the cached records
 writes.py      upserts, passages, deletes
 recall.py      dense, BM25 and hybrid search, post-filtering, grouping, fusion
 filters.py     the Filter message as a Milvus expression and a metadata predicate
+scan.py        every row of a collection, a page at a time (export)
 sealer.py      background flushes of an embedded collection
 """
 

@@ -10,7 +10,7 @@ All methods block; callers run them off the event loop.
 
 from __future__ import annotations
 
-from tandem.server.storage import filters, recall, writes
+from tandem.server.storage import filters, recall, scan, writes
 from tandem.server.storage.collections import Collections
 from tandem.server.storage.connection import Connection
 from tandem.server.storage.filters import CompiledFilter
@@ -71,6 +71,14 @@ class Store:
 
     def upsert_documents(self, name: str, docs: list[dict]) -> tuple[int, int]:
         return writes.upsert_documents(self.conn, name, docs)
+
+    def put(self, name: str, rows: list[dict], replacing: bool = False) -> int:
+        """Exported rows with their vectors (import): no embedding, BM25 computed by the engine."""
+        return writes.put(self.conn, self.meta(name), rows, replacing)
+
+    def scan(self, name: str, page_size: int):
+        """Every row, a page at a time (scan.py): a generator whose every step blocks."""
+        return scan.scan(self.conn, self.meta(name), page_size)
 
     def flush(self, name: str) -> None:
         """Seal buffered rows into indexed segments. Not needed for durability (the WAL has them); it makes

@@ -150,3 +150,91 @@ class DeleteResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class CollectionRecord(_message.Message):
+    __slots__ = ("format_version", "collection", "embedder", "dimension", "language", "chunking", "documents", "rows")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    collection: str
+    embedder: str
+    dimension: int
+    language: str
+    chunking: Chunking
+    documents: int
+    rows: int
+    def __init__(self, format_version: _Optional[int] = ..., collection: _Optional[str] = ..., embedder: _Optional[str] = ..., dimension: _Optional[int] = ..., language: _Optional[str] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., documents: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class Row(_message.Message):
+    __slots__ = ("id", "text", "metadata_json", "dense", "chunk", "of", "start")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OF_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata_json: str
+    dense: bytes
+    chunk: int
+    of: int
+    start: int
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., dense: _Optional[bytes] = ..., chunk: _Optional[int] = ..., of: _Optional[int] = ..., start: _Optional[int] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("collection", "page_size")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_size: int
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ExportResponse(_message.Message):
+    __slots__ = ("record", "rows")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    record: CollectionRecord
+    rows: _containers.RepeatedCompositeFieldContainer[Row]
+    def __init__(self, record: _Optional[_Union[CollectionRecord, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
+
+class ImportRequest(_message.Message):
+    __slots__ = ("record", "collection", "into_existing", "re_embed", "embedder", "language", "chunking", "rows")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    INTO_EXISTING_FIELD_NUMBER: _ClassVar[int]
+    RE_EMBED_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    record: CollectionRecord
+    collection: str
+    into_existing: bool
+    re_embed: bool
+    embedder: str
+    language: str
+    chunking: Chunking
+    rows: _containers.RepeatedCompositeFieldContainer[Row]
+    def __init__(self, record: _Optional[_Union[CollectionRecord, _Mapping]] = ..., collection: _Optional[str] = ..., into_existing: _Optional[bool] = ..., re_embed: _Optional[bool] = ..., embedder: _Optional[str] = ..., language: _Optional[str] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ...) -> None: ...
+
+class ImportResponse(_message.Message):
+    __slots__ = ("rows", "documents", "requests", "re_embedded", "usage")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RE_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    documents: int
+    requests: int
+    re_embedded: bool
+    usage: _common_pb2.Usage
+    def __init__(self, rows: _Optional[int] = ..., documents: _Optional[int] = ..., requests: _Optional[int] = ..., re_embedded: _Optional[bool] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...

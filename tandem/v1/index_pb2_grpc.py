@@ -71,6 +71,16 @@ class IndexServiceStub:
                 request_serializer=tandem_dot_v1_dot_index__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_index__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/tandem.v1.IndexService/Export',
+                request_serializer=tandem_dot_v1_dot_index__pb2.ExportRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_index__pb2.ExportResponse.FromString,
+                _registered_method=True)
+        self.Import = channel.stream_unary(
+                '/tandem.v1.IndexService/Import',
+                request_serializer=tandem_dot_v1_dot_index__pb2.ImportRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_index__pb2.ImportResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -124,6 +134,26 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """Streams every stored row of a collection with its dense vector: first a
+        message with the collection's record, then pages of rows in id order,
+        read with the engine's iterator. Every row acknowledged before the call
+        began is in it; a row written during the call may be in either state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request_iterator, context):
+        """Loads exported rows: the first message carries the record and the
+        options, later ones carry rows. Rows are written with their vectors and
+        the embedder is not called, unless re_embed is set. Idempotent (upsert by
+        id): a broken import may be sent again, or resumed where it stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +191,16 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=tandem_dot_v1_dot_index__pb2.DeleteRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_index__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=tandem_dot_v1_dot_index__pb2.ExportRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_index__pb2.ExportResponse.SerializeToString,
+            ),
+            'Import': grpc.stream_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=tandem_dot_v1_dot_index__pb2.ImportRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_index__pb2.ImportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +394,60 @@ class IndexService:
             '/tandem.v1.IndexService/Delete',
             tandem_dot_v1_dot_index__pb2.DeleteRequest.SerializeToString,
             tandem_dot_v1_dot_index__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem.v1.IndexService/Export',
+            tandem_dot_v1_dot_index__pb2.ExportRequest.SerializeToString,
+            tandem_dot_v1_dot_index__pb2.ExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tandem.v1.IndexService/Import',
+            tandem_dot_v1_dot_index__pb2.ImportRequest.SerializeToString,
+            tandem_dot_v1_dot_index__pb2.ImportResponse.FromString,
             options,
             channel_credentials,
             insecure,
