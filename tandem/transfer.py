@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tandem.client import Client
+from tandem.errors import TandemError
 from tandem.v1 import index_pb2
 
 FORMAT, FORMAT_VERSION = "tandem-export", 1
@@ -240,9 +242,14 @@ def import_file(client: Client, path: str | Path, *, collection: str = "", into_
         bar.update(skip)
         for done, messages in _segments(f, record, skip, message_rows, segment_rows):
             _write_state(state_file, identity, name, skip, total)  # the collection may exist from here on
-            r = client.import_rows(_record_pb(record), lambda m=messages: m, collection=name,
-                                   into_existing=into_existing, re_embed=re_embed, embedder=embedder,
-                                   language=language, chunking=chunking)
+            try:
+                r = client.import_rows(_record_pb(record), lambda m=messages: m, collection=name,
+                                       into_existing=into_existing, re_embed=re_embed, embedder=embedder,
+                                       language=language, chunking=chunking)
+            except TandemError as exc:
+                if exc.code == grpc.StatusCode.ALREADY_EXISTS:  # someone else's collection: nothing to resume
+                    state_file.unlink(missing_ok=True)
+                raise
             into_existing = True
             calls += 1
             rows, documents, embedded = rows + r.rows, documents + r.documents, embedded or r.re_embedded
@@ -275,7 +282,13 @@ def backup(client: Client, directory: str | Path, *, progress: bool = True, say=
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     entries = []
     for name in client.collections():
-        r = export_collection(client, name, directory / f"{name}.parquet", progress=progress)
+        try:
+            r = export_collection(client, name, directory / f"{name}.parquet", progress=progress)
+        except TandemError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            say(f"{name}: dropped during the backup, left out")
+            continue
         say(f"{name}: {r['rows']} rows, {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s")
         entries.append({"collection": name, "file": f"{name}.parquet", "rows": r["rows"],
                         "documents": r["documents"], "embedder": r["embedder"]})

@@ -90,19 +90,22 @@ def test_request_larger_than_a_batch_is_split_and_reassembled(stub, ce_server, t
     assert [r.index for r in res.results] == sorted(range(40), key=lambda i: -expected[i])
 
 
-def _busy(stub, docs, query, n=40):
-    """Occupy the model for a second or two with long documents; returns a join()able thread."""
+def _busy(stub, docs, query, server, n=40):
+    """Occupy the model with long documents; returns a join()able thread once their pairs wait in the queue
+    (polled, not slept: a fast CPU would have finished them, and a slow one not yet queued them)."""
     long_docs = sorted(docs, key=len)[-n:]
     t = threading.Thread(target=lambda: stub.Rerank(
         rerank_pb2.RerankRequest(query=query, documents=long_docs), timeout=120))
     t.start()
-    time.sleep(0.3)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not value(server.metrics_text(), "tandem_queue_depth", worker="reranker"):
+        time.sleep(0.01)
     return t
 
 
 def test_full_queue_refuses_at_once(stub, ce_server, texts):
     queries, docs = texts
-    t = _busy(stub, docs, queries[0], n=48)
+    t = _busy(stub, docs, queries[0], ce_server, n=48)
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         stub.Rerank(rerank_pb2.RerankRequest(query="q", documents=docs[:32]), timeout=60)
@@ -116,7 +119,7 @@ def test_full_queue_refuses_at_once(stub, ce_server, texts):
 def test_expired_and_cancelled_requests_are_dropped_before_inference(stub, ce_server, texts):
     queries, docs = texts
     m0 = ce_server.metrics_text()
-    t = _busy(stub, docs, queries[0], n=32)
+    t = _busy(stub, docs, queries[0], ce_server, n=32)
     # Short deadlines: they expire while queued behind the busy model.
     short = [stub.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=["d1", "d2"]), timeout=0.2)
              for _ in range(5)]

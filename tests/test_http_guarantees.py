@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from tandem.v1 import rerank_pb2, rerank_pb2_grpc
+from tandem.v1 import index_pb2_grpc
 from tests.support.http import call
 from tests.support.metricsparse import value
 
@@ -135,32 +135,39 @@ def test_a_disconnected_client_drops_its_queued_work(make_server, minilm_ce):
     assert value(s.metrics_text(), "tandem_requests_total", method="/v2/rerank", code="CANCELLED") == 1
 
 
-def test_the_concurrency_limit_is_shared_with_grpc(make_server, minilm_ce):
-    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--warmup", "false",
-                    "--max-concurrent-requests", "1")
-    docs = [f"passage {i} on the stability of laminar boundary layers under pressure gradients" * 3
-            for i in range(200)]
-    done = threading.Event()
+def test_the_concurrency_limit_is_shared_with_grpc(make_server, tiny_ce):
+    s = make_server("--reranker", tiny_ce, "--warmup", "false", "--max-concurrent-requests", "1")
+    release = threading.Event()
 
-    def slow_grpc():
+    def held_stream():
+        # A gRPC UpsertStream that sends nothing until released: in flight for as long as the test needs,
+        # however fast this CPU is.
+        release.wait(120)
+        yield from ()
+
+    failed = []
+
+    def grpc_call():
         with s.channel() as ch:
-            rerank_pb2_grpc.RerankServiceStub(ch).Rerank(rerank_pb2.RerankRequest(query="q", documents=docs),
-                                                         timeout=300)
-        done.set()
+            try:
+                index_pb2_grpc.IndexServiceStub(ch).UpsertStream(held_stream(), timeout=300)
+            except grpc.RpcError as exc:
+                failed.append(exc.code())
 
-    t = threading.Thread(target=slow_grpc)
+    t = threading.Thread(target=grpc_call)
     t.start()
     try:
         end = time.monotonic() + 60  # until the gRPC call is in flight
         while time.monotonic() < end and not value(s.metrics_text(), "tandem_requests_in_flight",
-                                                   method="/tandem.v1.RerankService/Rerank"):
+                                                   method="/tandem.v1.IndexService/UpsertStream"):
             time.sleep(0.05)
-        assert not done.is_set(), "the gRPC call should still be running (200 passages on MiniLM)"
         r = call(s.http_url + "/v2/rerank", {"query": "q", "documents": DOCS})
         assert r.status == 429 and r.headers.get("retry-after") == "1", (r.status, r.body)
         assert "max_concurrent_requests" in r.body["message"]
     finally:
+        release.set()
         t.join(300)
+    assert failed == [grpc.StatusCode.INVALID_ARGUMENT]  # the empty stream, once released: it was admitted
     assert call(s.http_url + "/v2/rerank", {"query": "q", "documents": DOCS}).status == 200
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import numpy as np
@@ -32,7 +33,10 @@ class EmbedRoutes:
         return json(out) if isinstance(out, dict) else out
 
     async def _openai(self, body: OpenAIEmbeddings) -> dict:
-        texts = self._texts(body)
+        x = body.input
+        # Token ids are decoded with the tokenizer: a large batch of them would hold the event loop.
+        ids = isinstance(x, list) and bool(x) and not isinstance(x[0], str)
+        texts = await asyncio.to_thread(self._texts, body) if ids else self._texts(body)
         out = await self.engine.embedder.embed(texts, model=body.model)
         if body.dimensions is not None and body.dimensions != out.dimension:
             raise invalid(f"dimensions is {body.dimensions}; {out.model!r} makes {out.dimension}-dimensional "

@@ -7,6 +7,7 @@ is protected because it is listed, and a route added without a decision cannot b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from tandem.server.http.errors import RETRY_AFTER_SECONDS, Dialect, Failure
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+# A refused request's body is read (and dropped) up to this many times the limit, for this long: see Guard._drain.
+DRAIN_FACTOR, DRAIN_SECONDS = 4, 5.0
 # Status kinds as the request metrics name them (gRPC's code names, so one dashboard reads both transports).
 CODE_OF_STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
                   409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
@@ -101,6 +104,8 @@ class Guard:
                                       {"retry-after": str(RETRY_AFTER_SECONDS)})
             if problem is not None:
                 state["code"] = problem.kind.upper()
+                if route.method == "POST":
+                    await self._drain(receive, _declared(scope))
                 return await errors.render(problem, route.dialect)(scope, receive, sending)
             try:
                 await self.app(scope, self._limited(receive), sending)
@@ -108,6 +113,7 @@ class Guard:
                 if status[0]:
                     raise
                 state["code"] = f.kind.upper()
+                await self._drain(receive, None)
                 await errors.render(f, route.dialect)(scope, receive, sending)
         finally:
             if entered:
@@ -132,6 +138,27 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(int(length))
         return None
+
+    async def _drain(self, receive, declared: int | None) -> None:
+        """Read and drop the rest of a refused request's body before answering. uvicorn closes the connection
+        after the answer; closing on unread input makes the kernel reset it, and a client still sending (any
+        client that sends the whole body before reading) gets a broken pipe instead of the answer. Bounded:
+        DRAIN_FACTOR x the body limit, for DRAIN_SECONDS; a larger declared body is not read at all."""
+        cap = DRAIN_FACTOR * self.max_body_bytes
+        if declared is not None and declared > cap:
+            return
+        seen = 0
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while seen <= cap:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    seen += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        return
+        except TimeoutError:
+            pass
 
     def _too_large(self, n: int) -> Failure:
         return Failure(413, Kind.RESOURCE_EXHAUSTED.value, f"the body is {n} bytes or more; the limit is "
@@ -158,6 +185,13 @@ class Guard:
                                                       metrics.REQUEST_SECONDS.labels(path, code))
         children[0].inc()
         children[1].observe(seconds)
+
+
+def _declared(scope) -> int | None:
+    for k, v in scope["headers"]:
+        if k == b"content-length" and v.isdigit():
+            return int(v)
+    return None
 
 
 def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_bytes: int, exempt_public: bool,
