@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tandem.server.engine import Engine
 import asyncio
 
+from tandem.server.engine import Engine
 from tandem.server.engine.index import Collection, Document, Written
 from tandem.server.engine.transfer import ImportOptions, Record, Row
 from tandem.server.errors import invalid

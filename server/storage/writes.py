@@ -14,12 +14,18 @@ MAX_QUERY_ROWS = 16384  # Milvus's largest query window
 
 def upsert(conn: Connection, meta: CollectionMeta, rows: list[dict]) -> int:
     """rows: [{"id", "text", "metadata", "dense"}]; returns how many were written."""
+    rows = _as_stored(meta, rows)
+    res = conn.call(lambda c: c.upsert(meta.name, rows), meta.name)
+    return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
+
+
+def _as_stored(meta: CollectionMeta, rows: list[dict]) -> list[dict]:
+    """Document rows with their ids encoded and their `present` field, as this collection's schema stores them."""
     if meta.escaped_ids:
         rows = [{**r, "id": encode_id(r["id"])} for r in rows]
     if meta.has_presence:
         rows = [{**r, "present": presence(r.get("metadata") or {})} for r in rows]
-    res = conn.call(lambda c: c.upsert(meta.name, rows), meta.name)
-    return int(res.get("upsert_count", len(rows))) if isinstance(res, dict) else len(rows)
+    return rows
 
 
 def upsert_documents(conn: Connection, name: str, docs: list[dict]) -> tuple[int, int]:
@@ -66,9 +72,7 @@ def put(conn: Connection, meta: CollectionMeta, rows: list[dict], replacing: boo
                         "start": r["start"], "text": r["text"], "dense": r["dense"], "metadata": metadata,
                         "present": presence(metadata)})
     else:
-        out = [{**r, "id": encode_id(r["id"]) if meta.escaped_ids else r["id"]} for r in rows]
-        if meta.has_presence:
-            out = [{**r, "present": presence(r.get("metadata") or {})} for r in out]
+        out = _as_stored(meta, rows)
     if not meta.escaped_ids:  # a v0.1 collection's ids may hold quotes: no `id in [...]` check, upsert them all
         for i in range(0, len(out), IMPORT_BATCH):
             conn.call(lambda c: c.upsert(name, out[i:i + IMPORT_BATCH]), name)
