@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tandem.server import metrics, precision
 from tandem.server.admission import Admission
-from tandem.server.auth import Tokens
+from tandem.server.access import Gate
 from tandem.server.config import Config, ModelSpec
 from tandem.server.embed import EmbedService
 from tandem.server.engine import Engine
@@ -165,12 +165,15 @@ class TandemServer:
         self.port = 0
         self.metrics_port = 0
         self._metrics_http = None
+        self.gate = Gate()  # the access policy, read at start (a bad one fails start-up before any model loads)
         self._monitor: asyncio.Task | None = None
+        self._policy_watch: asyncio.Task | None = None
         self._preload: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
+        self.gate = Gate.from_config(cfg)
         http_socket = None
         if cfg.http_port:  # bound first: a port in use fails start-up at once, before any model loads
             from tandem.server.http.server import bind
@@ -180,9 +183,9 @@ class TandemServer:
         if cfg.warmup:
             await self._warmup()
 
-        tokens, admission = Tokens.from_config(cfg), Admission(cfg.max_concurrent_requests)
+        admission = Admission(cfg.max_concurrent_requests)
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(admission, tokens, cfg.auth_exempt_health)],
+            interceptors=[ServerInterceptor(admission, self.gate)],
             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                      ("grpc.max_send_message_length", cfg.max_message_bytes),
                      ("grpc.so_reuseport", 0)],
@@ -214,11 +217,13 @@ class TandemServer:
         if http_socket is not None:
             from tandem.server.http.server import HttpServer  # FastAPI and uvicorn load only when HTTP is on
 
-            self.http = HttpServer(engine, cfg, tokens, admission, servicers, SERVICES, _ssl(cfg))
+            self.http = HttpServer(engine, cfg, self.gate, admission, servicers, SERVICES, _ssl(cfg))
             await self.http.start(http_socket)
             self.http_port = self.http.port
         await self.health.set("", SERVING)
         self._monitor = asyncio.create_task(self._watch_store())
+        if cfg.auth_policy:
+            self._policy_watch = asyncio.create_task(self.gate.watch(), name="access-policy")
         # Open (load) every collection now, in the background: the engine loads one lazily on first access,
         # which takes about 19 s at 300k documents, and the first user query should not pay for it.
         self._preload = asyncio.create_task(asyncio.to_thread(self._load_collections))
@@ -262,8 +267,9 @@ class TandemServer:
         notice), then refuse new calls and give in-flight ones the grace period; release everything."""
         grace = self.cfg.grace_seconds if grace is None else grace
         delay = self.cfg.drain_delay_seconds if delay is None else delay
-        if self._monitor:
-            self._monitor.cancel()
+        for task in (self._monitor, self._policy_watch):
+            if task:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.not_serving()
@@ -327,6 +333,7 @@ async def serve(cfg: Config) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, srv.gate.reload)  # the access policy; never stops the server
     trimmer = loop.create_task(_trim_heap())
     await srv.wait()
     trimmer.cancel()

@@ -126,8 +126,12 @@ class Config:
     tls_cert: str = _f("", "PEM server certificate chain; enables TLS")
     tls_key: str = _f("", "PEM server private key")
     tls_client_ca: str = _f("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
-    auth_tokens_file: str = _f("", "file with one accepted bearer token per line; enables auth")
-    auth_tokens: str = _f("", "comma-separated accepted bearer tokens; enables auth", secret=True)
+    auth_policy: str = _f("", "access policy file (TOML): principals, their tokens (hashed) or mTLS identities, scopes "
+                              "per collection glob and quotas; reloaded on SIGHUP and when it changes. Enables auth")
+    auth_tokens_file: str = _f("", "file with one accepted bearer token per line; enables auth (every scope on every "
+                                   "collection)")
+    auth_tokens: str = _f("", "comma-separated accepted bearer tokens; enables auth (every scope on every "
+                              "collection)", secret=True)
     auth_exempt_health: bool = _f(True, "health and reflection stay reachable without a token")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
 

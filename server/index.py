@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tandem.server.access import readable
 from tandem.server.engine import Engine
 from tandem.server.engine.index import Collection, Document, Written
 from tandem.server.engine.transfer import ImportOptions, Record, Row
@@ -73,7 +74,7 @@ class IndexService(index_pb2_grpc.IndexServiceServicer):
         return index_pb2.DropCollectionResponse()
 
     async def ListCollections(self, request, context):
-        return index_pb2.ListCollectionsResponse(collections=await self.indexer.list())
+        return index_pb2.ListCollectionsResponse(collections=readable(await self.indexer.list()))
 
     async def DescribeCollection(self, request, context):
         return index_pb2.DescribeCollectionResponse(info=_info(await self.indexer.describe(request.collection)))

@@ -1,4 +1,4 @@
-"""One server interceptor for what every RPC shares: auth, the concurrency limit,
+"""One server interceptor for what every RPC shares: the access gate, the concurrency limit,
 metrics, error-to-status mapping and timing trailers.
 
 Services raise the engine's errors (a TandemError with its kind, or a worker error) and fill `call_timings()`;
@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 
 import grpc
 
 from tandem.server import metrics
 from tandem.server.admission import Admission
-from tandem.server.auth import HINT, Tokens
+from tandem.server.access import CALLER, Gate, grpc_identities
 from tandem.server.errors import Kind, TandemError, classify, invalid
 
 log = logging.getLogger(__name__)
 
-# Methods a mesh must reach without credentials or capacity (when so configured).
+# Methods a mesh must reach without capacity (and without credentials, unless auth_exempt_health is off).
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 STATUS = {kind: grpc.StatusCode[kind.name] for kind in Kind}
@@ -44,10 +45,9 @@ def call_timings() -> dict:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, admission: Admission, tokens: Tokens = Tokens(), exempt_health: bool = True):
+    def __init__(self, admission: Admission, gate: Gate | None = None):
         self.admission = admission  # shared with the HTTP server: one limit for the process
-        self.tokens = tokens
-        self.exempt_health = exempt_health
+        self.gate = gate or Gate()  # shared too: one policy, one set of quotas
         # The wrapped handler per method, built once: this runs on every RPC. Only methods the server
         # serves get an entry, so the set is closed.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -55,20 +55,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        exempt = method.startswith(EXEMPT_PREFIXES)
-        if self.tokens.required and not (exempt and self.exempt_health):
-            if not self.tokens.accepts(_authorization(details.invocation_metadata)):
-                handler = await continuation(details)
-                if handler is None:
-                    return None
-                return _deny(handler, method, grpc.StatusCode.UNAUTHENTICATED, HINT)
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             handler = await continuation(details)
             if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED, and no label is made
                 return None
-            wrapped = self._wrapped[method] = self._prepare(handler, method, exempt)
+            wrapped = self._wrapped[method] = self._prepare(handler, method, method.startswith(EXEMPT_PREFIXES))
         return wrapped
+
+    def _open(self, method: str, context):
+        """The gate's Call for this RPC (None when auth is off or the method is exempt), set as the caller."""
+        call = self.gate.open(method, "grpc", context.peer(), _authorization(context.invocation_metadata()),
+                              lambda: grpc_identities(context))
+        CALLER.set(call)
+        return call
 
     def _finish(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         children = self._finished.get((method, code))
@@ -84,29 +84,34 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return handler._replace(unary_unary=self._wrap(handler.unary_unary, method, exempt))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap(_checked_stream(handler.stream_unary), method, exempt))
+            checked = _checked_stream(handler.stream_unary, self.gate)
+            return handler._replace(stream_unary=self._wrap(checked, method, exempt, streaming=True))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
         if handler.stream_stream:
             return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
         return handler
 
-    def _wrap(self, behavior, method: str, exempt: bool):
+    def _wrap(self, behavior, method: str, exempt: bool, streaming: bool = False):
         in_flight = metrics.IN_FLIGHT.labels(method)
 
         async def wrapper(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             token = _timings.set({})
-            counted = not exempt
-            admitted = self.admission.enter() if counted else True
+            call, entered = None, False
             in_flight.inc()
             try:
+                call = self._open(method, context)
                 if isinstance(request, _Undecodable):
                     raise request.error()
-                if not admitted:
-                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                    await context.abort(code, self.admission.busy)
+                if not exempt:
+                    entered = True
+                    if not self.admission.enter():
+                        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                        await context.abort(code, self.admission.busy)
+                # A client stream's messages are checked as they are read; its scope now.
+                self.gate.check(call, None if streaming else request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = context.code() or code
@@ -120,14 +125,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 mapped = _answer(exc, method)
                 code = mapped[0]
-                _set_trailers(context, start)
+                _set_trailers(context, start, exc)
                 await context.abort(*mapped)
             finally:
-                if counted:
+                if entered:
                     self.admission.leave()
                 in_flight.dec()
                 if code == grpc.StatusCode.OK:
                     _set_trailers(context, start)
+                self.gate.close(call, code.name)
                 self._finish(method, code, time.perf_counter() - start)
                 _timings.reset(token)
 
@@ -141,14 +147,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            admitted = self.admission.enter()
+            call, entered = None, False
             in_flight.inc()
             try:
+                call = self._open(method, context)
                 if isinstance(request, _Undecodable):
                     raise request.error()
-                if not admitted:
+                entered = True
+                if not self.admission.enter():
                     code = grpc.StatusCode.RESOURCE_EXHAUSTED
                     await context.abort(code, self.admission.busy)
+                self.gate.check(call, request)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
@@ -160,10 +169,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 mapped = _answer(exc, method)
                 code = mapped[0]
+                _set_trailers(context, start, exc)
                 await context.abort(*mapped)
             finally:
-                self.admission.leave()
+                if entered:
+                    self.admission.leave()
                 in_flight.dec()
+                self.gate.close(call, code.name)
                 self._finish(method, code, time.perf_counter() - start)
 
         return wrapper
@@ -206,12 +218,15 @@ def _lenient(deserializer):
     return decode
 
 
-def _checked_stream(behavior):
+def _checked_stream(behavior, gate: Gate):
     async def checked(request_iterator, context):
+        call = CALLER.get()
+
         async def messages():
             async for msg in request_iterator:
                 if isinstance(msg, _Undecodable):
                     raise msg.error()
+                gate.check(call, msg)
                 yield msg
 
         return await behavior(messages(), context)
@@ -219,29 +234,13 @@ def _checked_stream(behavior):
     return checked
 
 
-def _set_trailers(context, start: float) -> None:
+def _set_trailers(context, start: float, exc: Exception | None = None) -> None:
     t = call_timings()
     md = [("tandem-total-seconds", f"{time.perf_counter() - start:.6f}")]
+    wait = getattr(exc, "retry_after", None)
+    if wait:  # a quota says when the next call fits: gRPC's retry pushback, and the same as HTTP's Retry-After
+        md += [("grpc-retry-pushback-ms", str(int(wait * 1000) + 1)), ("retry-after", str(max(1, math.ceil(wait))))]
     for key in ("queue_seconds", "inference_seconds"):
         if key in t:
             md.append(("tandem-" + key.replace("_", "-"), f"{t[key]:.6f}"))
     context.set_trailing_metadata(tuple(md))
-
-
-def _deny(handler, method: str, code: grpc.StatusCode, message: str):
-    async def unary(request, context):
-        metrics.REQUESTS.labels(method, code.name).inc()
-        await context.abort(code, message)
-
-    async def streaming(request, context):
-        metrics.REQUESTS.labels(method, code.name).inc()
-        await context.abort(code, message)
-        yield  # pragma: no cover
-
-    if handler.unary_unary:
-        return handler._replace(unary_unary=unary)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=unary)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=streaming)
-    return handler._replace(stream_stream=streaming)

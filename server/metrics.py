@@ -49,6 +49,17 @@ RECALL_FILTER = Counter("tandem_recall_filtered_queries", "Filtered recall queri
                         "post (Tandem, over oversampled candidates) or engine", ["path"])
 for _p in ("post", "engine"):
     RECALL_FILTER.labels(_p)
+AUTH_DENIED = Counter("tandem_auth_denied", "Calls refused by the access policy, by reason", ["reason"])
+DENY_REASONS = ("no_credentials", "malformed", "unknown_token", "unknown_identity", "scope", "collection", "no_rule")
+for _r in DENY_REASONS:
+    AUTH_DENIED.labels(_r)
+# Principal names come from the operator's policy file, not from requests: a closed set.
+QUOTA_REJECTED = Counter("tandem_quota_rejected", "Calls refused because their principal was over a quota",
+                         ["principal", "quota"])
+POLICY_RELOADS = Counter("tandem_auth_policy_reloads", "Access policy reloads, by outcome (loaded or rejected)",
+                         ["outcome"])
+for _o in ("loaded", "rejected"):
+    POLICY_RELOADS.labels(_o)
 MODEL_INFO = Gauge("tandem_model_info", "Loaded models (value is always 1)",
                    ["model", "kind", "device", "dtype", "backend", "precision"])
 

@@ -11,19 +11,23 @@ MAX_MESSAGE = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
 
 
-def _credentials(tls_ca: str | None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
+def _credentials(tls_ca: str | None, cert: tuple[str, str] | None) -> grpc.ChannelCredentials:
+    """TLS, with a client certificate (cert file, key file) for a server that asks for one (mTLS)."""
+    chain, key = (Path(cert[0]).read_bytes(), Path(cert[1]).read_bytes()) if cert else (None, None)
+    return grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None, key, chain)
 
 
-def sync_channel(target: str, *, tls: bool = False, tls_ca: str | None = None) -> grpc.Channel:
-    if tls or tls_ca:
-        return grpc.secure_channel(target, _credentials(tls_ca), options=_OPTIONS)
+def sync_channel(target: str, *, tls: bool = False, tls_ca: str | None = None,
+                 cert: tuple[str, str] | None = None) -> grpc.Channel:
+    if tls or tls_ca or cert:
+        return grpc.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS)
     return grpc.insecure_channel(target, options=_OPTIONS)
 
 
-def aio_channel(target: str, *, tls: bool = False, tls_ca: str | None = None) -> grpc.aio.Channel:
-    if tls or tls_ca:
-        return grpc.aio.secure_channel(target, _credentials(tls_ca), options=_OPTIONS)
+def aio_channel(target: str, *, tls: bool = False, tls_ca: str | None = None,
+                cert: tuple[str, str] | None = None) -> grpc.aio.Channel:
+    if tls or tls_ca or cert:
+        return grpc.aio.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS)
     return grpc.aio.insecure_channel(target, options=_OPTIONS)
 
 
@@ -57,13 +61,16 @@ class Connection:
     """What both clients hold: the target, default deadline, retry rule, auth metadata, channel and stubs."""
 
     def _connect(self, make_channel, target: str, token: str | None, tls: bool, tls_ca: str | None,
-                 timeout: float, retry: "Retry | None", batch_size: int) -> None:
+                 timeout: float, retry: "Retry | None", batch_size: int, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
         from tandem.v1 import embed_pb2_grpc, index_pb2_grpc, info_pb2_grpc, rerank_pb2_grpc, search_pb2_grpc
 
         self.target, self.timeout, self.batch_size = target, timeout, batch_size
         self.retry = retry or Retry()
         self._md = auth_metadata(token)
-        self.channel = make_channel(target, tls=tls, tls_ca=tls_ca)
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("a client certificate needs both tls_cert and tls_key")
+        self.channel = make_channel(target, tls=tls, tls_ca=tls_ca, cert=(tls_cert, tls_key) if tls_cert else None)
         self._index = index_pb2_grpc.IndexServiceStub(self.channel)
         self._search = search_pb2_grpc.SearchServiceStub(self.channel)
         self._rerank = rerank_pb2_grpc.RerankServiceStub(self.channel)

@@ -32,7 +32,7 @@ from tandem.errors import TandemError
 
 def _client(args) -> Client:
     return Client(args.target, token=args.token or None, tls=args.tls, tls_ca=args.tls_ca or None,
-                  timeout=args.timeout, retry=Retry(attempts=args.retries + 1))
+                  tls_cert=args.tls_cert or None, tls_key=args.tls_key or None, timeout=args.timeout, retry=Retry(attempts=args.retries + 1))
 
 
 def _to_dict(message) -> dict:
@@ -217,6 +217,19 @@ def _restore(args) -> int:
     return 0
 
 
+def _new_token(args) -> int:
+    from tandem.server.access.policy import NAME
+    from tandem.server.access.tokens import digest, new_token
+
+    if not NAME.fullmatch(args.name):
+        raise ValueError(f"principal name {args.name!r}: use letters, digits, '.', '_' and '-' (up to 64)")
+    token = new_token()
+    print(f"token for {args.name} (shown once; store it as a secret, it is not kept anywhere):\n{token}\n")
+    print("add to the access policy (only the digest goes there), then grant scopes:\n")
+    print(f"[principals.{args.name}]\ntokens = [\"{digest(token)}\"]\nread = [\"*\"]")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------------
 
 def _client_flags(p, timeout: float = 60.0) -> None:
@@ -224,6 +237,8 @@ def _client_flags(p, timeout: float = 60.0) -> None:
     p.add_argument("--token", default="", help="bearer token, when the server requires one")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
     p.add_argument("--tls-ca", default="", help="CA bundle that signed the server's certificate; implies --tls")
+    p.add_argument("--tls-cert", default="", help="client certificate (PEM) for a server that requires mTLS")
+    p.add_argument("--tls-key", default="", help="the client certificate's private key (PEM)")
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline per call in seconds ({timeout:g})")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE (and overload, where safe) (3)")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
@@ -343,6 +358,13 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--re-embed", action="store_true", help="embed the texts again (another embedder)")
     _client_flags(rs, timeout=24 * 3600.0)
     rs.set_defaults(fn=_restore)
+
+    a = sub.add_parser("auth", help="access control helpers (see the README's access control section)")
+    asub = a.add_subparsers(dest="auth_command", required=True)
+    t = asub.add_parser("new-token", help="make a random bearer token; print it once, with the policy lines that "
+                                          "accept it (only its digest)")
+    t.add_argument("name", help="the principal the token is for")
+    t.set_defaults(fn=_new_token)
 
     return p
 

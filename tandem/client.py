@@ -27,9 +27,10 @@ from tandem.v1 import index_pb2, info_pb2
 
 class Client(Connection):
     def __init__(self, target: str = "127.0.0.1:50051", *, token: str | None = None, tls: bool = False,
-                 tls_ca: str | None = None, timeout: float = 60.0, retry: Retry | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 timeout: float = 60.0, retry: Retry | None = None,
                  batch_size: int = 64):
-        self._connect(sync_channel, target, token, tls, tls_ca, timeout, retry, batch_size)
+        self._connect(sync_channel, target, token, tls, tls_ca, timeout, retry, batch_size, tls_cert, tls_key)
 
     def close(self) -> None:
         self.channel.close()

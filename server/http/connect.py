@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 import orjson
 
+from tandem.server.access import CALLER, RULES, Denied, Gate
 from tandem.server.http import errors
 from tandem.server.http.calls import call
 from tandem.server.http.errors import Failure
@@ -45,10 +46,11 @@ def _deadline(request: Request) -> float | None:
 
 
 class ConnectRoutes:
-    def __init__(self, servicers: dict[str, object], services):
+    def __init__(self, servicers: dict[str, object], services, gate: Gate):
         """servicers: full service name -> servicer; services: their ServiceDescriptors."""
         self.servicers = servicers
         self.services = services
+        self.gate = gate
 
     def _endpoint(self, servicer, method):
         handler = getattr(servicer, method.name)
@@ -66,6 +68,10 @@ class ConnectRoutes:
             except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
                 return _render(Failure(400, "invalid_argument",
                                        f"the body is not a {method.input_type.full_name}: {exc}"))
+            try:
+                self.gate.check(CALLER.get(), msg)  # the collections it names, as on gRPC (one rule table)
+            except Denied as d:
+                return _render(errors.failure(d))
             out = await call(request, handler(msg, _Context(deadline)), errors.CONNECT)
             if isinstance(out, Response):
                 return out
@@ -82,9 +88,10 @@ class ConnectRoutes:
             for method in service.methods:
                 if method.client_streaming or method.server_streaming:
                     continue  # Connect's unary rules only; UpsertStream stays on gRPC
-                out.append(Route(f"/{service.full_name}/{method.name}", self._endpoint(servicer, method),
-                                 errors.CONNECT, f"{service.name}.{method.name} (Connect unary; JSON or binary)",
-                                 content_types=(JSON, PROTO), tags=("tandem.v1 (Connect)",)))
+                path = f"/{service.full_name}/{method.name}"
+                out.append(Route(path, self._endpoint(servicer, method), errors.CONNECT,
+                                 f"{service.name}.{method.name} (Connect unary; JSON or binary)",
+                                 content_types=(JSON, PROTO), tags=("tandem.v1 (Connect)",), rule=RULES[path]))
         return out
 
 

@@ -7,6 +7,7 @@ called: Cohere `{"message"}`, OpenAI (and the vLLM/Infinity `/rerank`) `{"error"
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,8 @@ STATUS = {
     Kind.DEADLINE_EXCEEDED: 504,
     Kind.UNAVAILABLE: 503,
     Kind.INTERNAL: 500,
+    Kind.UNAUTHENTICATED: 401,
+    Kind.PERMISSION_DENIED: 403,
 }
 RETRY_AFTER_SECONDS = 1  # what a 429 or 503 asks a client to wait: the queue turns over in well under that
 
@@ -48,7 +51,10 @@ def failure(exc: BaseException) -> Failure | None:
         return None
     kind, message = known
     status = 503 if isinstance(exc, NoReranker) else STATUS[kind]
-    headers = {"retry-after": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
+    # A quota says when its next request fits; the queue and a drain turn over within RETRY_AFTER_SECONDS.
+    wait = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(max(1, math.ceil(wait)) if wait else RETRY_AFTER_SECONDS)} \
+        if status in (429, 503) else {}
     return Failure(status, kind.value, message, headers)
 
 
@@ -59,13 +65,13 @@ def internal(exc: BaseException) -> Failure:
 # -- envelopes, one per dialect -----------------------------------------------------------------------------
 
 _TEI_TYPES = {429: "Overloaded", 503: "Unhealthy", 504: "Overloaded", 500: "Backend"}
-_OPENAI_TYPES = {404: "not_found_error", 401: "authentication_error", 429: "rate_limit_error",
+_OPENAI_TYPES = {404: "not_found_error", 401: "authentication_error", 403: "permission_error", 429: "rate_limit_error",
                  503: "service_unavailable", 504: "timeout", 500: "server_error"}
 # Connect gives each code its own HTTP status (connectrpc.com/docs/protocol, "Error Codes"): a recall-only
 # server's FAILED_PRECONDITION stays 400 there, as gRPC clients of the same contract see that code.
 CONNECT_STATUS = {"invalid_argument": 400, "failed_precondition": 400, "not_found": 404, "already_exists": 409,
                   "resource_exhausted": 429, "deadline_exceeded": 504, "unavailable": 503, "internal": 500,
-                  "unauthenticated": 401}
+                  "unauthenticated": 401, "permission_denied": 403}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from starlette.requests import Request
 
 from tandem.server import metrics
 from tandem.server.admission import Admission
-from tandem.server.auth import HINT, Tokens
+from tandem.server.access import CALLER, Denied, Gate, Rule
+from tandem.server.access.policy import READ
 from tandem.server.errors import Kind
 from tandem.server.http import errors
 from tandem.server.http.errors import RETRY_AFTER_SECONDS, Dialect, Failure
@@ -31,7 +32,7 @@ JSON = "application/json"
 # A refused request's body is read (and dropped) up to this many times the limit, for this long: see Guard._drain.
 DRAIN_FACTOR, DRAIN_SECONDS = 4, 5.0
 # Status kinds as the request metrics name them (gRPC's code names, so one dashboard reads both transports).
-CODE_OF_STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
+CODE_OF_STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                   409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
                   429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 503: "UNAVAILABLE",
                   504: "DEADLINE_EXCEEDED"}
@@ -45,6 +46,7 @@ class Route:
     summary: str
     method: str = "POST"
     public: bool = False  # reachable without a token and outside the concurrency limit (health)
+    rule: Rule = Rule(READ)  # what the access policy asks of a caller (server/access/rules.py)
     body: tuple = ()  # body models to document, for a route that parses its body itself
     response: object = None  # the response model, for the OpenAPI document only (routes return bodies as built)
     content_types: tuple[str, ...] = (JSON,)
@@ -63,13 +65,18 @@ def validation_failure(problems: list[dict]) -> Failure:
     return Failure(422, Kind.INVALID_ARGUMENT.value, "; ".join(words) + more)
 
 
-class Guard:
-    """ASGI middleware: the checks every listed route shares, in this order: auth (401), the concurrency limit
-    (429 with Retry-After), content type (415), body size (413); then the route; metrics throughout."""
+# Where the HTTP server puts the client certificate's identities (server/http/server.py) for the gate.
+PEER_IDENTITIES = "tandem.peer_identities"
 
-    def __init__(self, app, table: dict[tuple[str, str], Route], tokens: Tokens, admission: Admission,
+
+class Guard:
+    """ASGI middleware: the checks every listed route shares, in this order: the access gate (401, 403, and 429
+    for a principal's quota), the concurrency limit (429 with Retry-After), content type (415), body size (413);
+    then the route; metrics throughout."""
+
+    def __init__(self, app, table: dict[tuple[str, str], Route], gate: Gate, admission: Admission,
                  max_body_bytes: int, exempt_public: bool):
-        self.app, self.table, self.tokens, self.admission = app, table, tokens, admission
+        self.app, self.table, self.gate, self.admission = app, table, gate, admission
         self.max_body_bytes, self.exempt_public = max_body_bytes, exempt_public
         self._metrics: dict[tuple[str, str], tuple] = {}
 
@@ -94,9 +101,17 @@ class Guard:
         gauge = metrics.IN_FLIGHT.labels(route.path)
         gauge.inc()
         counted = not (route.public and self.exempt_public)
-        entered = False
+        entered, call = False, None
         try:
-            problem = self._check(route, scope, counted)
+            problem = None
+            if counted:
+                try:
+                    call = self._open(route, scope)
+                    if route.rule.needs is None:  # else the route checks once it has read the body (Connect)
+                        self.gate.check(call)
+                except Denied as d:
+                    problem = errors.failure(d)
+            problem = problem or self._check(route, scope)
             if problem is None and counted:
                 entered = True
                 if not self.admission.enter():
@@ -107,6 +122,7 @@ class Guard:
                 if route.method == "POST":
                     await self._drain(receive, _declared(scope))
                 return await errors.render(problem, route.dialect)(scope, receive, sending)
+            CALLER.set(call)
             try:
                 await self.app(scope, self._limited(receive), sending)
             except Failure as f:  # the body outgrew the limit while it was read
@@ -120,16 +136,19 @@ class Guard:
                 self.admission.leave()
             gauge.dec()
             code = state.get("code") or CODE_OF_STATUS.get(status[0], "UNKNOWN")
+            self.gate.close(call, code)
             self._finish(route.path, code, time.perf_counter() - start)
 
-    def _check(self, route: Route, scope, counted: bool) -> Failure | None:
-        headers = {k: v for k, v in scope["headers"] if k in (b"authorization", b"content-type", b"content-length")}
-        if self.tokens.required and not (route.public and self.exempt_public):
-            value = headers.get(b"authorization", b"").decode("latin-1")
-            if not self.tokens.accepts(value):
-                return Failure(401, "unauthenticated", HINT)
+    def _open(self, route: Route, scope):
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        client = scope.get("client")
+        return self.gate.open(route.path, "http", f"{client[0]}:{client[1]}" if client else "", authorization,
+                              lambda: scope.get("extensions", {}).get(PEER_IDENTITIES, []), route.rule)
+
+    def _check(self, route: Route, scope) -> Failure | None:
         if route.method != "POST":
             return None
+        headers = {k: v for k, v in scope["headers"] if k in (b"content-type", b"content-length")}
         kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
         if kind not in route.content_types:
             return Failure(415, Kind.INVALID_ARGUMENT.value,
@@ -194,7 +213,7 @@ def _declared(scope) -> int | None:
     return None
 
 
-def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_bytes: int, exempt_public: bool,
+def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes: int, exempt_public: bool,
           version: str) -> FastAPI:
     """The ASGI app: the routes, their guard, and an OpenAPI document at /openapi.json (no docs page: its assets
     would come from a CDN, which an offline deployment cannot reach)."""
@@ -202,7 +221,8 @@ def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_by
                   description="Rerank and embeddings in the dialects RAG frameworks call (Cohere, Jina, TEI, "
                               "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.")
     # The OpenAPI document is FastAPI's own route; listed here so that it is behind the token like the rest.
-    table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET")}
+    table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET",
+                                             rule=Rule(None))}
     for r in routes:
         extra = None
         if r.body:
@@ -232,7 +252,7 @@ def build(routes: list[Route], tokens: Tokens, admission: Admission, max_body_by
         return errors.render(f, dialect(request))
 
     _document_bodies(app, routes)
-    app.add_middleware(Guard, table=table, tokens=tokens, admission=admission, max_body_bytes=max_body_bytes,
+    app.add_middleware(Guard, table=table, gate=gate, admission=admission, max_body_bytes=max_body_bytes,
                        exempt_public=exempt_public)
     return app
 

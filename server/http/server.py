@@ -1,4 +1,5 @@
-"""The HTTP server: uvicorn on the gRPC server's event loop, over the same engine, limits, tokens and metrics."""
+"""The HTTP server: uvicorn on the gRPC server's event loop, over the same engine, limits, access gate and
+metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import socket
 import uvicorn
 
 from tandem.server.admission import Admission
-from tandem.server.auth import Tokens
+from tandem.server.access import Gate, cert_identities
 from tandem.server.config import Config
 from tandem.server.engine import Engine
 from tandem.server.engine.info import tandem_version
@@ -47,15 +48,36 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def _with_peer_identities(base: type) -> type:
+    """uvicorn's HTTP protocol, putting the client certificate's identities into each request's scope (uvicorn
+    does not expose the peer certificate to the app). Read once per connection: the certificate cannot change."""
+
+    class Protocol(base):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            identities = cert_identities(ssl_object.getpeercert()) if ssl_object is not None else []
+            if identities:
+                app = self.app
+
+                async def with_identities(scope, receive, send):
+                    scope.setdefault("extensions", {})[routes.PEER_IDENTITIES] = identities
+                    return await app(scope, receive, send)
+
+                self.app = with_identities
+
+    return Protocol
+
+
 class HttpServer:
-    def __init__(self, engine: Engine, cfg: Config, tokens: Tokens, admission: Admission, servicers: dict,
+    def __init__(self, engine: Engine, cfg: Config, gate: Gate, admission: Admission, servicers: dict,
                  services, ssl: dict | None = None):
         self.cfg = cfg
         self.ssl = ssl or {}
         self.serving = True
         table = [*RerankRoutes(engine).routes(), *EmbedRoutes(engine).routes(),
-                 *InfoRoutes(engine, lambda: self.serving).routes(), *ConnectRoutes(servicers, services).routes()]
-        self.app = routes.build(table, tokens, admission, cfg.max_message_bytes, cfg.auth_exempt_health,
+                 *InfoRoutes(engine, lambda: self.serving).routes(), *ConnectRoutes(servicers, services, gate).routes()]
+        self.app = routes.build(table, gate, admission, cfg.max_message_bytes, cfg.auth_exempt_health,
                                 tandem_version())
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
@@ -66,6 +88,9 @@ class HttpServer:
                                 log_level="warning", access_log=False, server_header=False,
                                 timeout_graceful_shutdown=self.cfg.grace_seconds,
                                 limit_concurrency=None, backlog=2048, **self.ssl)
+        if self.ssl.get("ssl_ca_certs"):  # mTLS: the gate may authenticate callers by their certificate
+            config.load()
+            config.http_protocol_class = _with_peer_identities(config.http_protocol_class)
         self.port = sock.getsockname()[1]
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
