@@ -107,7 +107,7 @@ def test_every_route_but_health_needs_a_token(guarded):
                 assert r.status == 200, (path, r.status)
             else:
                 assert r.status == 401, (method, path, token, r.status, r.body)
-                assert "bearer token" in r.text
+                assert "Bearer <token>" in r.text
         with_token = call(url + path, body, method=method, token="t0ken")
         assert with_token.status != 401, (method, path, with_token.body)
 
