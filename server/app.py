@@ -174,6 +174,9 @@ class TandemServer:
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
         self.gate = Gate.from_config(cfg)
+        if self.gate.policy is not None and self.gate.policy.uses_identities and not cfg.tls_client_ca:
+            log.warning("the access policy names mTLS identities, but --tls-client-ca is not set: no client "
+                        "presents a certificate, so those principals cannot authenticate")
         http_socket = None
         if cfg.http_port:  # bound first: a port in use fails start-up at once, before any model loads
             from tandem.server.http.server import bind

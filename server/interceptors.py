@@ -65,6 +65,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _open(self, method: str, context):
         """The gate's Call for this RPC (None when auth is off or the method is exempt), set as the caller."""
+        if not self.gate.required:
+            return None
         call = self.gate.open(method, "grpc", context.peer(), _authorization(context.invocation_metadata()),
                               lambda: grpc_identities(context))
         CALLER.set(call)

@@ -123,6 +123,8 @@ def _status(fn) -> str:
         fn()
         return OK
     except grpc.RpcError as e:
+        leaked = [x for x in SECRETS if x in (e.details() or "") or digest(x)[7:] in (e.details() or "")]
+        assert not leaked, f"an error message holds a credential: {e.details()}"
         return e.code().name
 
 
@@ -260,6 +262,7 @@ def test_every_http_route_for_every_kind_of_caller(secured):
                                         timeout=60)
                 body = {"collection": name}
             r = https[mesh].request(method, path, json=body, headers=headers)
+            assert not [x for x in SECRETS if x in r.text], r.text  # no credential in any answer
             want = 200 if needs is None else HTTP_STATUS[expected(cred, needs)]
             if r.status_code != want:
                 wrong.append(f"{cred} {method} {path}: {r.status_code} {r.text[:200]}, expected {want}")
@@ -555,3 +558,18 @@ def test_tandem_auth_new_token_prints_a_token_and_a_line_the_policy_accepts(tmp_
     bad = subprocess.run([sys.executable, "-m", "tandem.cli", "auth", "new-token", "no spaces"],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert bad.returncode == 2 and "principal name" in bad.stderr
+
+
+def test_a_server_does_not_start_on_a_broken_policy(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "policy.toml"
+    bad.write_text(_policy(ok=_grant("ok-token")) + '\n[principals.typo]\ntokens = ["sha256:abc"]\nread = ["*"]\n')
+    out = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--auth-policy", str(bad),
+                          "--port", "0", "--http-port", "0", "--metrics-port", "-1",
+                          "--milvus-uri", str(tmp_path / "m.db")], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = bad.read_text().splitlines().index('tokens = ["sha256:abc"]') + 1
+    assert f"line {line}: principals.typo.tokens" in out.stderr and "tandem auth new-token" in out.stderr

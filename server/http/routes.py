@@ -104,7 +104,7 @@ class Guard:
         entered, call = False, None
         try:
             problem = None
-            if counted:
+            if counted and self.gate.required:
                 try:
                     call = self._open(route, scope)
                     if route.rule.needs is None:  # else the route checks once it has read the body (Connect)
