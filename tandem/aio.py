@@ -9,7 +9,7 @@ from typing import Iterable
 import grpc
 
 from tandem import messages as m
-from tandem.channel import Connection, Retry, aio_channel
+from tandem.channel import Connection, Retry, aio_channel, pushback
 from tandem.errors import TandemError
 from tandem.v1 import index_pb2, info_pb2
 
@@ -39,7 +39,8 @@ class AsyncClient(Connection):
                 return await rpc(request() if callable(request) else request, timeout=max(remaining, 0.001),
                                  metadata=self._md)
             except grpc.RpcError as exc:
-                wait = self.retry.delay(exc.code(), idempotent, attempt, deadline - time.monotonic())
+                wait = self.retry.delay(exc.code(), idempotent, attempt, deadline - time.monotonic(),
+                                        pushback(exc))
                 if wait is None:
                     raise TandemError.from_rpc(exc, name) from None
                 await asyncio.sleep(wait)

@@ -47,14 +47,28 @@ class Retry:
     def __init__(self, attempts: int | None = None, base: float = 0.1, cap: float = 2.0):
         self.attempts, self.base, self.cap = attempts, base, cap
 
-    def delay(self, code: grpc.StatusCode, idempotent: bool, attempt: int, remaining: float) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up."""
+    def delay(self, code: grpc.StatusCode, idempotent: bool, attempt: int, remaining: float,
+              pushback: float | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up. A server's pushback (a quota saying when
+        the next call fits) is a floor on the wait."""
         if code != grpc.StatusCode.UNAVAILABLE and not (idempotent and code == grpc.StatusCode.RESOURCE_EXHAUSTED):
             return None
         if self.attempts is not None and attempt + 1 >= self.attempts:
             return None
         d = min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.0)
+        d = max(d, pushback or 0.0)
         return d if d < remaining else None
+
+
+def pushback(exc: grpc.RpcError) -> float | None:
+    """The server's `grpc-retry-pushback-ms` trailer, in seconds (sent with a per-principal quota's refusal)."""
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "grpc-retry-pushback-ms" and str(value).isdigit():
+                return int(value) / 1000
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return None
 
 
 class Connection:

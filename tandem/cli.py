@@ -11,9 +11,11 @@
   import        an export file into a collection, without embedding again (resumable)
   backup        every collection of a running server into a folder
   restore       a backup folder into a server
+  auth          new-token NAME: a bearer token and the access policy line that accepts it
   bench         the benchmarks (source checkout only)
 
-Client commands take --target, --token, --tls/--tls-ca and --json (print the response as JSON).
+Client commands take --target, --token, --tls/--tls-ca, --tls-cert/--tls-key and --json (print the response as
+JSON).
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ def _client_flags(p, timeout: float = 60.0) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tandem", description="Tandem: two-stage retrieval (recall, then rerank). "
-                                "Client commands take --target, --token, --tls/--tls-ca and --json.")
+                                "Client commands take --target, --token, --tls/--tls-ca, --tls-cert/--tls-key "
+                                "and --json.")
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import grpc
 
 from tandem import messages as m
-from tandem.channel import Connection, Retry, sync_channel
+from tandem.channel import Connection, Retry, pushback, sync_channel
 from tandem.errors import TandemError
 from tandem.v1 import index_pb2, info_pb2
 
@@ -51,7 +51,8 @@ class Client(Connection):
                 return rpc(request() if callable(request) else request, timeout=max(remaining, 0.001),
                            metadata=self._md)
             except grpc.RpcError as exc:
-                wait = self.retry.delay(exc.code(), idempotent, attempt, deadline - time.monotonic())
+                wait = self.retry.delay(exc.code(), idempotent, attempt, deadline - time.monotonic(),
+                                        pushback(exc))
                 if wait is None:
                     raise TandemError.from_rpc(exc, name) from None
                 time.sleep(wait)

@@ -172,13 +172,16 @@ class Gate:
         for scope, collection in needs:
             call.admin = call.admin or scope == policies.ADMIN
             if not p.may(scope, collection):
-                self._refuse(call, "collection", f"principal {p.name!r} may not {scope} collection {collection!r}")
+                self._refuse(call, "collection", f"principal {p.name!r} may not {scope} collection {collection!r}",
+                             collection)
 
-    def _refuse(self, call: Call, reason: str, message: str):
+    def _refuse(self, call: Call, reason: str, message: str, collection: str | None = None):
+        """A known principal without the right. The audit line names the collection refused (a stream may have
+        named others before it)."""
         call.audited = True
         self._denied[reason].inc()
-        _audit(call.transport, call.method, call.peer, call.principal.name, call.collections,
-               Kind.PERMISSION_DENIED.name, reason)
+        _audit(call.transport, call.method, call.peer, call.principal.name,
+               [collection] if collection else call.collections, Kind.PERMISSION_DENIED.name, reason)
         raise Denied(message, Kind.PERMISSION_DENIED, reason)
 
     def close(self, call: Call | None, outcome: str) -> None:
