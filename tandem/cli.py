@@ -228,7 +228,8 @@ def _new_token(args) -> int:
     token = new_token()
     print(f"token for {args.name} (shown once; store it as a secret, it is not kept anywhere):\n{token}\n")
     print("add to the access policy (only the digest goes there), then grant scopes:\n")
-    print(f"[principals.{args.name}]\ntokens = [\"{digest(token)}\"]\nread = [\"*\"]")
+    key = f'"{args.name}"' if "." in args.name else args.name  # a bare dotted key would nest tables
+    print(f"[principals.{key}]\ntokens = [\"{digest(token)}\"]\nread = [\"*\"]")
     return 0
 
 
