@@ -71,11 +71,9 @@ class Gate:
     def __init__(self, path: str = "", tokens: set[str] = frozenset(), exempt_health: bool = True):
         self.path, self.tokens, self.exempt_health = path, set(tokens), exempt_health
         self.policy: Policy | None = None
-        self.loaded_at = 0.0
         self.quotas = Quotas()
-        self._stamp = None
+        self._stamp = _stamp(path) if path else None
         if path:
-            self._stamp = _stamp(path)
             self.policy = policies.load(path, self.tokens)  # a bad file fails start-up (PolicyError)
         elif self.tokens:
             self.policy = policies.build(policies.static(self.tokens))

@@ -72,7 +72,6 @@ class Policy:
     principals: tuple[Principal, ...]
     by_digest: dict[str, Principal]
     by_identity: dict[str, Principal]  # "uri:spiffe://...", "dns:...", "cn:..."
-    source: str = ""
 
     @property
     def uses_identities(self) -> bool:
@@ -84,12 +83,12 @@ def static(tokens: set[str]) -> list[tuple[Principal, list[str], list[str]]]:
     return [(Principal(STATIC, everything), [digest(t) for t in sorted(tokens)], [])] if tokens else []
 
 
-def build(entries: list[tuple[Principal, list[str], list[str]]], source: str = "") -> Policy:
+def build(entries: list[tuple[Principal, list[str], list[str]]]) -> Policy:
     by_digest, by_identity = {}, {}
     for p, digests, identities in entries:
         by_digest.update((d, p) for d in digests)
         by_identity.update((i, p) for i in identities)
-    return Policy(tuple(p for p, _, _ in entries), by_digest, by_identity, source)
+    return Policy(tuple(p for p, _, _ in entries), by_digest, by_identity)
 
 
 def load(path: str | Path, tokens: set[str] = frozenset()) -> Policy:
@@ -103,7 +102,7 @@ def load(path: str | Path, tokens: set[str] = frozenset()) -> Policy:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML: {exc}") from None
-    return build(static(set(tokens)) + _principals(doc, text, path), str(path))
+    return build(static(set(tokens)) + _principals(doc, text, path))
 
 
 def _principals(doc: dict, text: str, path: Path) -> list:
