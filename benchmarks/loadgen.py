@@ -6,6 +6,10 @@ WORKLOAD.json: {"rpc": "rerank" | "search", "requests": [<request as JSON>, ...]
 requests for `seconds` (after `warmup` seconds) and the report (JSON on stdout) has counts and latencies, and with
 --metrics-url the server's metrics text at the start and the end of the window.
 
+--traceparent sampled|unsampled sends each gRPC call a fresh W3C traceparent, as a traced caller does, with its
+sampled flag set or not (benchmarks/tracing.py compares the two on one server); --sampled-share 0.1 sets it on a
+tenth of the calls, as a caller sampling by ratio does.
+
 A TARGET of http://HOST:PORT/PATH posts each request as JSON to PATH instead (a Cohere-style rerank body, for
 peers such as Infinity), over one keep-alive connection per client, so HTTP and gRPC clients cost alike little.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import sys
 import time
 import urllib.parse
@@ -104,25 +110,32 @@ async def main(args) -> dict:
         call = (rerank_pb2_grpc.RerankServiceStub(ch).Rerank if rpc == "rerank"
                 else search_pb2_grpc.SearchServiceStub(ch).Search)
         lat, items, errors, stages = [], 0, {}, {"embed": [], "recall": [], "rerank": []}
+        done = 0  # every call answered, the warm-up's included
         start = time.perf_counter()
         warm_end = start + args.warmup
         end = warm_end + args.seconds
         counter = iter(range(10**9))
+        flag = {"sampled": "01", "unsampled": "00"}.get(args.traceparent)
 
         async def client():
-            nonlocal items
+            nonlocal items, done
             while True:
                 i = next(counter)
                 req = reqs[i % len(reqs)]
                 t0 = time.perf_counter()
                 if t0 >= end:
                     return
+                md = None
+                if flag:
+                    sampled = flag == "01" and (args.sampled_share >= 1 or random.random() < args.sampled_share)
+                    md = (("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-{'01' if sampled else '00'}"),)
                 try:
-                    resp = await call(req, timeout=300)
+                    resp = await call(req, timeout=300, metadata=md)
                 except grpc.aio.AioRpcError as e:
                     errors[e.code().name] = errors.get(e.code().name, 0) + 1
                     continue
                 t1 = time.perf_counter()
+                done += 1
                 # Throughput counts completions inside the window, whenever they started; so long
                 # queues (64 clients) are not cut off at the window's edges.
                 if warm_end <= t1 <= end:
@@ -142,7 +155,7 @@ async def main(args) -> dict:
         snaps = asyncio.ensure_future(snapshots()) if args.metrics_url else None
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
     return {"requests": len(lat), "items": items, "seconds": args.seconds, "latencies": lat, "errors": errors,
-            "stages": stages if rpc == "search" else None, "metrics": await snaps if snaps else None}
+            "answered": done, "stages": stages if rpc == "search" else None, "metrics": await snaps if snaps else None}
 
 
 def _get(url: str) -> str:
@@ -158,5 +171,8 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--traceparent", choices=("none", "sampled", "unsampled"), default="none")
+    p.add_argument("--sampled-share", type=float, default=1.0, help="with --traceparent sampled: the share of calls "
+                   "whose traceparent says sampled (the rest say not)")
     p.add_argument("--metrics-url", default="", help="also return the server's /metrics at the window's start and end")
     json.dump(asyncio.run(main(p.parse_args())), sys.stdout)

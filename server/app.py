@@ -13,12 +13,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tandem.server import metrics, precision
+from tandem.server import metrics, precision, tracing
 from tandem.server.admission import Admission
 from tandem.server.access import Gate
 from tandem.server.config import Config, ModelSpec
 from tandem.server.embed import EmbedService
 from tandem.server.engine import Engine
+from tandem.server.engine.info import tandem_version
 from tandem.server.errors import TandemError
 from tandem.server.index import IndexService
 from tandem.server.info import InfoService
@@ -174,6 +175,7 @@ class TandemServer:
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
         self.gate = Gate.from_config(cfg)
+        tracing.setup(cfg.otlp_endpoint, tandem_version())
         if self.gate.policy is not None and self.gate.policy.uses_identities and not cfg.tls_client_ca:
             log.warning("the access policy names mTLS identities, but --tls-client-ca is not set: no client "
                         "presents a certificate, so those principals cannot authenticate")
@@ -288,6 +290,9 @@ class TandemServer:
         await release(self.rt)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        # The last spans, sent while the collector answers; one that is gone must not hold up the stop.
+        flush = asyncio.ensure_future(asyncio.to_thread(tracing.shutdown))
+        await asyncio.wait([flush], timeout=5.0)
         self._stopped.set()
 
     async def wait(self) -> None:

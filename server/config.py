@@ -134,6 +134,9 @@ class Config:
                               "collection)", secret=True)
     auth_exempt_health: bool = _f(True, "health and reflection stay reachable without a token")
     log_level: str = _f("INFO", "DEBUG | INFO | WARNING | ERROR")
+    otlp_endpoint: str = _f("", "send OpenTelemetry traces to this OTLP collector (grpc: host:4317, or "
+                                "http://host:4317 for plaintext; with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: "
+                                "http://host:4318); default: OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off")
 
     def rerank_limits(self, device: str = "cpu") -> BatchLimits:
         return BatchLimits(self.max_batch_pairs, batch_tokens(self.max_batch_tokens, device), self.max_wait_ms,
@@ -207,6 +210,10 @@ class Config:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        from tandem.server import tracing
+
+        if tracing.endpoint(self.otlp_endpoint):
+            tracing.protocol()  # a protocol Tandem cannot export by fails start-up, not the first span
 
 
 # Search's rerank defaults on a CPU: a reranked Search over Cranfield answers in about a second on 2 cores

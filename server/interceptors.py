@@ -16,7 +16,7 @@ import time
 
 import grpc
 
-from tandem.server import metrics
+from tandem.server import metrics, tracing
 from tandem.server.admission import Admission
 from tandem.server.access import CALLER, Gate, grpc_identities
 from tandem.server.errors import Kind, TandemError, classify, invalid
@@ -99,10 +99,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapper(request, context):
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, message = grpc.StatusCode.OK, ""
             token = _timings.set({})
             call, entered = None, False
             in_flight.inc()
+            # Health and reflection probes make no spans: a mesh polls them every few seconds.
+            span = tracing.open_rpc(method, context.invocation_metadata(), context.peer()) \
+                if tracing.ON and not exempt else None
             try:
                 call = self._open(method, context)
                 if isinstance(request, _Undecodable):
@@ -117,6 +120,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = context.code() or code
+                message = context.details() or ""
                 raise
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -125,8 +129,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
                 raise
             except Exception as exc:
-                mapped = _answer(exc, method)
-                code = mapped[0]
+                code, message = mapped = _answer(exc, method)
                 _set_trailers(context, start, exc)
                 await context.abort(*mapped)
             finally:
@@ -137,6 +140,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     _set_trailers(context, start)
                 self.gate.close(call, code.name)
                 self._finish(method, code, time.perf_counter() - start)
+                tracing.close_rpc(span, code.name, message)
                 _timings.reset(token)
 
         return wrapper
@@ -148,9 +152,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapper(request, context):
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, message = grpc.StatusCode.OK, ""
             call, entered = None, False
             in_flight.inc()
+            span = tracing.open_rpc(method, context.invocation_metadata(), context.peer()) if tracing.ON else None
             try:
                 call = self._open(method, context)
                 if isinstance(request, _Undecodable):
@@ -164,13 +169,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     yield item
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                message = context.details() or ""
                 raise
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                mapped = _answer(exc, method)
-                code = mapped[0]
+                code, message = mapped = _answer(exc, method)
                 _set_trailers(context, start, exc)
                 await context.abort(*mapped)
             finally:
@@ -179,6 +184,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 in_flight.dec()
                 self.gate.close(call, code.name)
                 self._finish(method, code, time.perf_counter() - start)
+                tracing.close_rpc(span, code.name, message)
 
         return wrapper
 

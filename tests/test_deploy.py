@@ -116,6 +116,10 @@ def test_compose_file_validates_against_compose_spec():
     images = [s["image"] for s in doc["services"].values() if "image" in s and s["image"] != "tandem:cpu"]
     assert images and all(re.search(r":[\w.\-]+$", i) and not i.endswith(":latest") for i in images)  # pinned
     assert doc["services"]["tandem"]["environment"]["TANDEM_MILVUS_URI"].startswith("http://milvus:")
+    # Traces go to the collector service, on the OTLP/gRPC port it publishes.
+    otlp = doc["services"]["tandem"]["environment"]["TANDEM_OTLP_ENDPOINT"]
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", otlp).groups()
+    assert f"{port}:{port}" in doc["services"][host]["ports"] and port == "4317"
 
 
 def test_dockerfile_is_multistage_nonroot_with_grpc_healthcheck():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Protocol, Sequence
 
 from tandem.workers.errors import BackendError, DeadlineExceeded, Overloaded, WorkerStopped
-from tandem.workers import passes
+from tandem.workers import passes, tracing
 from tandem.workers.queue import BatchQueue, Entry
 from tandem.workers.team import Team
 
@@ -186,6 +186,8 @@ class Batcher:
             self.observer.dropped("overload", len(payloads))
             raise
         loop = asyncio.get_running_loop()
+        traced = tracing.request_context()  # None unless this request's span records
+        submitted = time.perf_counter()
         if _chars(payloads) <= INLINE_MEASURE_CHARS:
             # A few short texts tokenise in tens of microseconds: cheaper here than a thread hop.
             lengths = self.backend.measure(payloads, inline=True)
@@ -194,7 +196,7 @@ class Batcher:
         cap = self.backend.max_length
         now = time.perf_counter()  # queue waits: loop.time() is only millisecond-exact on uvloop
         entries = [
-            Entry(p, min(n, cap) if cap else n, key, loop.create_future(), now, deadline)
+            Entry(p, min(n, cap) if cap else n, key, loop.create_future(), now, deadline, span=traced)
             for p, n in zip(payloads, lengths)
         ]
         try:
@@ -228,6 +230,8 @@ class Batcher:
             queue_seconds=max(d.queue_seconds for d in done),
             inference_seconds=sum(batch_seconds.values()),
         )
+        if traced is not None:
+            tracing.request_spans(entries, submitted, time.perf_counter(), stats)
         return [d.result for d in done], stats
 
     # -- loop side -------------------------------------------------------------
@@ -294,14 +298,17 @@ class Batcher:
             settle(group, result, seconds, i == len(groups) - 1)
 
     def _settle(self, group: list[Entry], results: Sequence[Any] | Exception, seconds: float = 0.0,
-                freed: asyncio.Future | None = None) -> None:
+                freed: asyncio.Future | None = None, traced: tracing.BatchTrace | None = None) -> None:
         """Loop side: one pass's results (or its failure) to its callers. After the last pass, `freed` wakes the
         batching loop first, so the next batch is cut and on the compute thread before the callers' responses
         are built and sent (those would otherwise leave the model idle)."""
         if freed is not None and not freed.done():
             freed.set_result(None)
         self._batches += 1
-        self.observer.batch(len(group), max(e.cost for e in group) * len(group), seconds)
+        padded = max(e.cost for e in group) * len(group)
+        self.observer.batch(len(group), padded, seconds)
+        if traced is not None:
+            traced.settled(len(group), padded, seconds, results if isinstance(results, Exception) else None)
         if isinstance(results, Exception):  # the pass fails; the worker lives on
             log.error("%s batch of %d failed", self.name, len(group), exc_info=results)
             err = results if isinstance(results, self.passthrough) else BackendError(
@@ -321,14 +328,18 @@ class Batcher:
         self.observer.dequeued([now - e.enqueued for e in batch])
         loop = asyncio.get_running_loop()
         freed = loop.create_future()  # the compute thread is done with this batch
+        groups = self._passes(batch)
+        traced = tracing.open_batch(self.name, self.backend, batch, len(groups), now)
 
         def settle(group, results, seconds, last):  # compute thread -> loop, in the order the passes ran
-            loop.call_soon_threadsafe(self._settle, group, results, seconds, freed if last else None)
+            loop.call_soon_threadsafe(self._settle, group, results, seconds, freed if last else None, traced)
 
         try:
-            self._running = self._executor.submit(self._run_passes, self._passes(batch), settle)
+            self._running = self._executor.submit(self._run_passes, groups, settle)
         except RuntimeError as exc:  # the compute thread is shut down
-            self._settle(batch, exc)
+            if traced is not None:
+                traced.left = 1
+            self._settle(batch, exc, traced=traced)
             return
         try:
             # shield: cancelling this loop (at stop) must not cancel a batch that the compute thread holds.

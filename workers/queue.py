@@ -25,6 +25,9 @@ class Entry:
     deadline: float | None = None  # loop.time(), like asyncio's own timeouts
     queued: bool = field(default=True, repr=False)
     dequeued: float = field(default=0.0, repr=False)  # when a batch took it (perf_counter)
+    # Tracing (workers/tracing.py): the request's span context when it records, and the batch span it rode.
+    span: Any = field(default=None, repr=False)
+    batch_span: Any = field(default=None, repr=False)
 
 
 class BatchQueue:

@@ -38,6 +38,11 @@ class RecallBackend:
     def __init__(self, store):
         self.store = store
 
+    def trace_attributes(self, query: RecallQuery) -> dict:
+        """A batch's span attributes (OpenTelemetry's database conventions): one store search."""
+        return {"db.system.name": "milvus", "db.operation.name": "search", "db.collection.name": query.collection,
+                "tandem.mode": query.mode}
+
     def measure(self, queries: Sequence[RecallQuery], inline: bool = False) -> list[int]:
         return [1] * len(queries)
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from tandem.server import metrics
+from tandem.server import metrics, tracing
 from tandem.server.chunking import heads
 from tandem.server.engine.rerank import sigmoid
 from tandem.server.errors import invalid
@@ -87,24 +87,31 @@ async def run(rt: Runtime, stages: list[Planned], query: str, texts: list[str], 
     out = Outcome(list(range(len(texts))), {}, [], [])
     for k, stage in enumerate(stages):
         ts = rt.clock()
-        try:
-            if stage.batcher is None:  # recall-only server
-                raise NoReranker(rt.reranker_missing)
-            scores = await _score(rt, stage.batcher, query, [texts[i] for i in out.order], deadline, max_tokens)
-            out.scores.update(zip(out.order, scores))
-            out.order.sort(key=lambda i: -out.scores[i])
-            scored = len(scores)
-        except SKIPPABLE as exc:
-            if require:
-                raise
-            what = f"rerank stage {k + 1} ({stage.model})" if len(stages) > 1 else "rerank"
-            code, words = _degraded(exc)
-            detail = getattr(exc, "message", None) or str(exc)
-            out.reasons.append(f"{what} skipped because {words}" + (f" ({detail})" if code != "no_reranker" else
-                                                                    f": {detail}"))
-            metrics.DEGRADED.labels(code).inc()
-            log.debug("search degraded: %s", out.reasons[-1])
-            scored = 0
+        with tracing.stage("rerank", {"tandem.stage": k + 1, "tandem.model": stage.model,
+                                      "tandem.documents": len(out.order), "tandem.keep": stage.keep}) as span:
+            try:
+                if stage.batcher is None:  # recall-only server
+                    raise NoReranker(rt.reranker_missing)
+                scores = await _score(rt, stage.batcher, query, [texts[i] for i in out.order], deadline,
+                                      max_tokens)
+                out.scores.update(zip(out.order, scores))
+                out.order.sort(key=lambda i: -out.scores[i])
+                scored = len(scores)
+            except SKIPPABLE as exc:
+                if require:
+                    raise
+                what = f"rerank stage {k + 1} ({stage.model})" if len(stages) > 1 else "rerank"
+                code, words = _degraded(exc)
+                detail = getattr(exc, "message", None) or str(exc)
+                out.reasons.append(f"{what} skipped because {words}" + (
+                    f" ({detail})" if code != "no_reranker" else f": {detail}"))
+                metrics.DEGRADED.labels(code).inc()
+                log.debug("search degraded: %s", out.reasons[-1])
+                tracing.flag(span, out.reasons[-1])
+                span.set_attribute("tandem.skipped", code)
+                scored = 0
+            if span.is_recording():
+                span.set_attribute("tandem.pairs", scored)
         if stage.keep:
             del out.order[stage.keep:]
         out.timings.append(StageTiming(stage.model, rt.clock() - ts, scored, not scored))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.server import validation
+from tandem.server import tracing, validation
 from tandem.server.runtime import Runtime
 from tandem.workers import BatchStats
 
@@ -27,9 +27,13 @@ class Embedder:
     async def embed(self, texts: list[str], *, model: str = "", deadline: float | None = None) -> Embeddings:
         rt = self.rt
         start = rt.clock()
-        batcher = rt.embedder_batcher(model)
-        validation.count("texts", len(texts), rt.config.max_documents_per_request)
-        for i, t in enumerate(texts):
-            validation.text(f"texts[{i}]", t, rt.config.max_text_bytes)
-        vectors, stats = await batcher.submit(list(texts), deadline=deadline)
+        with tracing.stage("validate"):
+            batcher = rt.embedder_batcher(model)
+            validation.count("texts", len(texts), rt.config.max_documents_per_request)
+            for i, t in enumerate(texts):
+                validation.text(f"texts[{i}]", t, rt.config.max_text_bytes)
+        with tracing.stage("embed", {"tandem.model": batcher.backend.name, "tandem.texts": len(texts)}) as span:
+            vectors, stats = await batcher.submit(list(texts), deadline=deadline)
+            if span.is_recording():
+                span.set_attribute("tandem.tokens", stats.tokens)
         return Embeddings(vectors, batcher.backend.name, batcher.backend.dimension, stats, rt.clock() - start)

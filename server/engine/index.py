@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from tandem.server import validation
+from tandem.server import tracing, validation
 from tandem.server.errors import invalid
 from tandem.server.runtime import Runtime
 from tandem.server.storage import MAX_TEXT_CHARS, CollectionMeta
@@ -146,32 +146,38 @@ class Indexer:
                      where: str = "documents") -> tuple[_Batch, BatchStats]:
         """Validate and embed one batch."""
         rt, cfg = self.rt, self.rt.config
-        name = validation.collection(collection)
-        validation.count(where, len(documents), cfg.max_documents_per_request)
-        meta = rt.store.cached_meta(name) or await asyncio.to_thread(rt.store.meta, name)
-        # A chunked collection stores passages, so a document may exceed one text field.
-        max_bytes = cfg.max_text_bytes if meta.chunking else min(cfg.max_text_bytes, MAX_TEXT_CHARS)
-        seen: set[str] = set()
-        rows = []
-        for i, d in enumerate(documents):
-            at = f"{where}[{i}]"
-            validation.doc_id(d.id, at)
-            if d.id in seen:
-                raise invalid(f"{at}: id {d.id[:80]!r} appears more than once in this request")
-            seen.add(d.id)
-            validation.text(f"{at}.text", d.text, max_bytes)
-            validation.metadata(d.metadata, at)
-            rows.append({"id": d.id, "text": d.text, "metadata": d.metadata})
+        with tracing.stage("validate"):
+            name = validation.collection(collection)
+            validation.count(where, len(documents), cfg.max_documents_per_request)
+            meta = rt.store.cached_meta(name) or await asyncio.to_thread(rt.store.meta, name)
+            # A chunked collection stores passages, so a document may exceed one text field.
+            max_bytes = cfg.max_text_bytes if meta.chunking else min(cfg.max_text_bytes, MAX_TEXT_CHARS)
+            seen: set[str] = set()
+            rows = []
+            for i, d in enumerate(documents):
+                at = f"{where}[{i}]"
+                validation.doc_id(d.id, at)
+                if d.id in seen:
+                    raise invalid(f"{at}: id {d.id[:80]!r} appears more than once in this request")
+                seen.add(d.id)
+                validation.text(f"{at}.text", d.text, max_bytes)
+                validation.metadata(d.metadata, at)
+                rows.append({"id": d.id, "text": d.text, "metadata": d.metadata})
         embedder = rt.collection_embedder(meta)
+        attributes = {"tandem.collection": name, "tandem.model": embedder.backend.name, "tandem.texts": len(rows)}
         if not meta.chunking:
-            vectors, stats = await embedder.submit([r["text"] for r in rows], deadline=deadline)
+            with tracing.stage("embed", attributes):
+                vectors, stats = await embedder.submit([r["text"] for r in rows], deadline=deadline)
             for r, v in zip(rows, vectors):
                 r["dense"] = v.tolist()
             return _Batch(name, meta, rows), stats
-        splitter = rt.splitter(embedder)
-        spans = await asyncio.to_thread(lambda: [splitter.split(r["text"], *meta.chunking) for r in rows])
-        texts = [w.of(r["text"]) for r, ws in zip(rows, spans) for w in ws]
-        vectors, stats = await embedder.submit(texts, deadline=deadline)
+        with tracing.stage("embed", attributes) as span:
+            splitter = rt.splitter(embedder)
+            spans = await asyncio.to_thread(lambda: [splitter.split(r["text"], *meta.chunking) for r in rows])
+            texts = [w.of(r["text"]) for r, ws in zip(rows, spans) for w in ws]
+            if span.is_recording():
+                span.set_attribute("tandem.passages", len(texts))
+            vectors, stats = await embedder.submit(texts, deadline=deadline)
         it = iter(zip(texts, vectors))
         docs = [{"id": r["id"], "metadata": r["metadata"],
                  "passages": [{"text": t, "start": w.start, "dense": v.tolist()} for w, (t, v) in zip(ws, it)]}
@@ -181,9 +187,11 @@ class Indexer:
     async def _write(self, batch: _Batch) -> tuple[int, int]:
         """Store one acknowledged batch and tell the sealer; returns (documents, passages)."""
         store = self.rt.store
-        if batch.meta.chunking:
-            n, passages = await asyncio.to_thread(store.upsert_documents, batch.name, batch.rows)
-        else:
-            n = passages = await asyncio.to_thread(store.upsert, batch.name, batch.rows)
+        with tracing.stage("write", {"db.system.name": "milvus", "db.operation.name": "upsert",
+                                     "db.collection.name": batch.name, "tandem.documents": len(batch.rows)}):
+            if batch.meta.chunking:
+                n, passages = await asyncio.to_thread(store.upsert_documents, batch.name, batch.rows)
+            else:
+                n = passages = await asyncio.to_thread(store.upsert, batch.name, batch.rows)
         self.rt.wrote(batch.name, passages)
         return n, passages

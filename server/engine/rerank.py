@@ -10,7 +10,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 
-from tandem.server import validation
+from tandem.server import tracing, validation
 from tandem.server.chunking import Window, heads
 from tandem.server.errors import invalid
 from tandem.server.runtime import Runtime
@@ -53,22 +53,27 @@ class Reranker:
         truncate); max_tokens_per_doc: read only each document's opening; deadline: absolute loop time."""
         rt, cfg = self.rt, self.rt.config
         start = rt.clock()
-        batcher = rt.reranker_batcher(model)
-        validation.text("query", query, cfg.max_text_bytes)
-        validation.count("documents", len(documents), cfg.max_documents_per_request)
-        for i, d in enumerate(documents):
-            validation.text(f"documents[{i}]", d, cfg.max_text_bytes, allow_empty=True)
-        if top_n > cfg.max_documents_per_request:
-            raise invalid(f"top_n is {top_n}; it can be at most {cfg.max_documents_per_request} "
-                          "(0 returns every document)")
-        docs = list(documents)
-        if max_tokens_per_doc:  # Cohere's max_tokens_per_doc: read only each document's opening
-            docs = await asyncio.to_thread(heads, rt.splitter(batcher), docs, max_tokens_per_doc)
-        if chunk:
-            logits, windows, stats = await self._best_windows(batcher, query, docs, deadline)
-        else:
-            logits, stats = await batcher.submit([(query, d) for d in docs], deadline=deadline)
-            windows = None
+        with tracing.stage("validate"):
+            batcher = rt.reranker_batcher(model)
+            validation.text("query", query, cfg.max_text_bytes)
+            validation.count("documents", len(documents), cfg.max_documents_per_request)
+            for i, d in enumerate(documents):
+                validation.text(f"documents[{i}]", d, cfg.max_text_bytes, allow_empty=True)
+            if top_n > cfg.max_documents_per_request:
+                raise invalid(f"top_n is {top_n}; it can be at most {cfg.max_documents_per_request} "
+                              "(0 returns every document)")
+        with tracing.stage("rerank", {"tandem.model": batcher.backend.name, "tandem.documents": len(documents),
+                                      "tandem.top_n": top_n, "tandem.chunk": chunk}) as span:
+            docs = list(documents)
+            if max_tokens_per_doc:  # Cohere's max_tokens_per_doc: read only each document's opening
+                docs = await asyncio.to_thread(heads, rt.splitter(batcher), docs, max_tokens_per_doc)
+            if chunk:
+                logits, windows, stats = await self._best_windows(batcher, query, docs, deadline)
+            else:
+                logits, stats = await batcher.submit([(query, d) for d in docs], deadline=deadline)
+                windows = None
+            if span.is_recording():
+                span.set_attributes({"tandem.pairs": stats.items, "tandem.tokens": stats.tokens})
         order = sorted(range(len(logits)), key=lambda i: -logits[i])
         if top_n:
             order = order[:top_n]

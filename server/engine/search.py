@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from tandem.server import metrics, validation
+from tandem.server import metrics, tracing, validation
 from tandem.server.config import search_rerank_defaults
 from tandem.server.engine import cascade
 from tandem.server.engine.cascade import Stage, StageTiming
@@ -70,8 +70,63 @@ class Retriever:
         self._stage = {s: metrics.STAGE_SECONDS.labels(s) for s in ("embed", "recall", "rerank")}
 
     async def search(self, q: SearchQuery, deadline: float | None = None) -> SearchResult:
-        rt, cfg, store = self.rt, self.rt.config, self.rt.store
+        rt, store = self.rt, self.rt.store
         t0 = rt.clock()
+        with tracing.stage("validate"):
+            name, meta, flt, stages, top_n, recall_k, depth, max_tokens = await self._validate(q)
+        tracing.note(**{"tandem.collection": name, "tandem.mode": q.mode, "tandem.top_n": top_n,
+                        "tandem.recall_k": recall_k})
+
+        vector = None
+        if q.mode != "sparse":
+            embedder = rt.collection_embedder(meta)
+            with tracing.stage("embed", {"tandem.model": embedder.backend.name, "tandem.texts": 1}):
+                (vector,), _ = await embedder.submit([q.query], deadline=deadline)
+        t1 = rt.clock()
+        recall = RecallQuery(name, q.mode, flt.expr, recall_k, q.query, vector, flt.predicate)
+        with tracing.stage("recall", {"db.system.name": "milvus", "db.operation.name": "search",
+                                      "db.collection.name": name, "tandem.mode": q.mode,
+                                      "tandem.recall_k": recall_k, "tandem.filtered": bool(flt.expr)}) as span:
+            (hits,), _ = await rt.recall.submit([recall], key=recall.key, deadline=deadline)
+            if span.is_recording():
+                span.set_attribute("tandem.recalled", len(hits))
+        t2 = rt.clock()
+
+        # Past the rerank depth, candidates keep recall order behind the reranked ones (Vespa's rerank-count).
+        head = hits[:depth] if depth else hits
+        if stages and hits:
+            ranked = await cascade.run(rt, stages, q.query, [h.text for h in head], require=q.require_rerank,
+                                       deadline=deadline, max_tokens=max_tokens)
+        else:
+            ranked = cascade.Outcome(list(range(len(head))), {}, [], [])
+        t3 = rt.clock()
+        order = ranked.order + list(range(len(head), len(hits)))
+        reranked = bool(ranked.scores)
+        degraded = "; ".join(ranked.reasons)
+        tracing.note(**{"tandem.recalled": len(hits), "tandem.reranked": reranked,
+                        **({"tandem.degraded_reason": degraded} if degraded else {})})
+        best = order[:top_n]
+        texts = {}
+        if meta.chunking and not q.exclude_text and best:  # the documents' whole texts, from their passages
+            texts = await asyncio.to_thread(store.documents_text, name, [hits[i].id for i in best])
+        out = []
+        for i in best:
+            h = hits[i]
+            score = ranked.scores.get(i, 0.0) if reranked else h.score
+            if meta.chunking:
+                out.append(SearchHit(h.id, h.metadata, i, score, h.score, texts.get(h.id, ""), h.text, h.start))
+            else:
+                out.append(SearchHit(h.id, h.metadata, i, score, h.score, "" if q.exclude_text else h.text))
+        self._stage["embed"].observe(t1 - t0)
+        self._stage["recall"].observe(t2 - t1)
+        if stages:
+            self._stage["rerank"].observe(t3 - t2)
+        return SearchResult(out, reranked, degraded, len(hits),
+                            SearchTimings(t1 - t0, t2 - t1, t3 - t2, rt.clock() - t0, ranked.timings))
+
+    async def _validate(self, q: SearchQuery):
+        """The query checked against the limits, its cascade planned and its filter compiled for the collection."""
+        rt, cfg, store = self.rt, self.rt.config, self.rt.store
         name = validation.collection(q.collection)
         validation.text("query", q.query, cfg.max_text_bytes)
         if q.mode not in MODES:
@@ -92,41 +147,4 @@ class Retriever:
         cached = store.cached_meta(name)
         flt = store.compile_filter(q.filter, cached)
         meta = cached or await asyncio.to_thread(store.meta, name)
-        flt = flt.for_collection(meta)
-
-        vector = None
-        if q.mode != "sparse":
-            (vector,), _ = await rt.collection_embedder(meta).submit([q.query], deadline=deadline)
-        t1 = rt.clock()
-        recall = RecallQuery(name, q.mode, flt.expr, recall_k, q.query, vector, flt.predicate)
-        (hits,), _ = await rt.recall.submit([recall], key=recall.key, deadline=deadline)
-        t2 = rt.clock()
-
-        # Past the rerank depth, candidates keep recall order behind the reranked ones (Vespa's rerank-count).
-        head = hits[:depth] if depth else hits
-        if stages and hits:
-            ranked = await cascade.run(rt, stages, q.query, [h.text for h in head], require=q.require_rerank,
-                                       deadline=deadline, max_tokens=max_tokens)
-        else:
-            ranked = cascade.Outcome(list(range(len(head))), {}, [], [])
-        t3 = rt.clock()
-        order = ranked.order + list(range(len(head), len(hits)))
-        reranked = bool(ranked.scores)
-        best = order[:top_n]
-        texts = {}
-        if meta.chunking and not q.exclude_text and best:  # the documents' whole texts, from their passages
-            texts = await asyncio.to_thread(store.documents_text, name, [hits[i].id for i in best])
-        out = []
-        for i in best:
-            h = hits[i]
-            score = ranked.scores.get(i, 0.0) if reranked else h.score
-            if meta.chunking:
-                out.append(SearchHit(h.id, h.metadata, i, score, h.score, texts.get(h.id, ""), h.text, h.start))
-            else:
-                out.append(SearchHit(h.id, h.metadata, i, score, h.score, "" if q.exclude_text else h.text))
-        self._stage["embed"].observe(t1 - t0)
-        self._stage["recall"].observe(t2 - t1)
-        if stages:
-            self._stage["rerank"].observe(t3 - t2)
-        return SearchResult(out, reranked, "; ".join(ranked.reasons), len(hits),
-                            SearchTimings(t1 - t0, t2 - t1, t3 - t2, rt.clock() - t0, ranked.timings))
+        return name, meta, flt.for_collection(meta), stages, top_n, recall_k, depth, max_tokens

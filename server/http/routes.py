@@ -8,6 +8,7 @@ is protected because it is listed, and a route added without a decision cannot b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from tandem.server import metrics
+from tandem.server import metrics, tracing
 from tandem.server.admission import Admission
 from tandem.server.access import CALLER, Denied, Gate, Rule
 from tandem.server.access.policy import READ
@@ -102,6 +103,7 @@ class Guard:
         gauge.inc()
         counted = not (route.public and self.exempt_public)
         entered, call = False, None
+        span = tracing.open_http(route.path, scope) if tracing.ON and not route.public else None
         try:
             problem = None
             if counted and self.gate.required:
@@ -138,6 +140,7 @@ class Guard:
             code = state.get("code") or CODE_OF_STATUS.get(status[0], "UNKNOWN")
             self.gate.close(call, code)
             self._finish(route.path, code, time.perf_counter() - start)
+            tracing.close_http(span, status[0], code)
 
     def _open(self, route: Route, scope):
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
@@ -219,7 +222,8 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
     would come from a CDN, which an offline deployment cannot reach)."""
     app = FastAPI(title="Tandem HTTP API", version=version, docs_url=None, redoc_url=None,
                   description="Rerank and embeddings in the dialects RAG frameworks call (Cohere, Jina, TEI, "
-                              "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.")
+                              "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.",
+                  **_no_native_telemetry())
     # The OpenAPI document is FastAPI's own route; listed here so that it is behind the token like the rest.
     table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET",
                                              rule=Rule(None))}
@@ -255,6 +259,16 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
     app.add_middleware(Guard, table=table, gate=gate, admission=admission, max_body_bytes=max_body_bytes,
                        exempt_public=exempt_public)
     return app
+
+
+def _no_native_telemetry() -> dict:
+    """Newer FastAPI traces every request itself once a tracer provider is set. The Guard's span is the one a call
+    gets (as on gRPC, and it covers the refusals made before the app runs), so FastAPI's own spans, metrics and
+    logs are off where FastAPI has them."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                          "auto_configure": False}}
 
 
 def _document_bodies(app: FastAPI, routes: list[Route]) -> None:
