@@ -71,7 +71,7 @@ def paired(model: str, requests: list, windows: int, seconds: float, work: Path)
             for kind in (list(KINDS) if i % 2 == 0 else list(KINDS)[::-1]):
                 before = rx.received
                 runs[kind].append(_window(s.target, requests, seconds, work, kind))
-                time.sleep(1.5)  # the window's last spans leave within half a second (a full export batch)
+                time.sleep(5.5)  # the window's last spans leave at the processor's next 5 s tick
                 spans[kind] += rx.received - before
     finally:
         s.terminate()
