@@ -149,13 +149,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Server-streaming calls (Export): the unary wrapper's accounting, with errors mapped as they are raised
         between messages."""
         in_flight = metrics.IN_FLIGHT.labels(method)
+        exempt = method.startswith(EXEMPT_PREFIXES)  # health's Watch, reflection: no spans
 
         async def wrapper(request, context):
             start = time.perf_counter()
             code, message = grpc.StatusCode.OK, ""
             call, entered = None, False
             in_flight.inc()
-            span = tracing.open_rpc(method, context.invocation_metadata(), context.peer()) if tracing.ON else None
+            span = tracing.open_rpc(method, context.invocation_metadata(), context.peer()) \
+                if tracing.ON and not exempt else None
             try:
                 call = self._open(method, context)
                 if isinstance(request, _Undecodable):

@@ -76,7 +76,7 @@ class Receiver:
             self._cond.notify_all()
 
     def wait(self, pred, timeout: float = 30.0, what: str = "spans") -> list[Span]:
-        """Spans matching `pred`, once `pred` holds for at least one (a list predicate: see wait_all)."""
+        """The spans matching `pred`, once at least one has arrived."""
         end = time.monotonic() + timeout
         with self._cond:
             while True:
