@@ -141,21 +141,48 @@ def test_search_degrades_when_rerank_queue_is_full(slow, corpus):
         rerank = rerank_pb2_grpc.RerankServiceStub(ch)
         search = search_pb2_grpc.SearchServiceStub(ch)
         long_docs = [d.text for d in documents(corpus[:300])][:200]
-        fill = [rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=long_docs), timeout=120)
+        fill = [rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=long_docs), timeout=300)
                 for _ in range(2)]  # 400 pairs: the queue is at capacity
-        time.sleep(0.5)
-        r = search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50), timeout=30)
-        assert not r.reranked and "rerank skipped because the reranker is overloaded" in r.degraded_reason and r.hits
-        with pytest.raises(grpc.RpcError) as e:
-            search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50, require_rerank=True),
-                          timeout=30)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The queue drains as batches finish, however fast this CPU is; small Reranks sent without pause keep
+        # it within 10 pairs of capacity, so a Search's 50 pairs never fit while the checks run.
+        stop, topped = threading.Event(), []
+
+        def top_up():
+            while not stop.is_set():
+                topped.append(rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=long_docs[:10]),
+                                                   timeout=300))
+                time.sleep(0.002)
+
+        filler = threading.Thread(target=top_up)
+        filler.start()
+        try:
+            time.sleep(0.5)
+            r = search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50), timeout=30)
+            assert not r.reranked and "rerank skipped because the reranker is overloaded" in r.degraded_reason
+            assert r.hits
+            with pytest.raises(grpc.RpcError) as e:
+                search.Search(search_pb2.SearchRequest(collection="c", query="wing", recall_k=50,
+                                                       require_rerank=True), timeout=30)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            stop.set()
+            filler.join()
         for f in fill:
             f.result()
+        codes = {f.exception().code() if f.exception() else grpc.StatusCode.OK for f in topped}
+        assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
 
 
 def test_deadline_storm_leaves_nothing_behind(slow, corpus):
     docs = [d.text for d in documents(corpus[:100])]
+
+    def accounted(m: str) -> tuple[float, float]:
+        """(items computed, items dropped before compute) by the reranker so far."""
+        dropped = sum(value(m, "tandem_dropped_items_total", worker="reranker", reason=r)
+                      for r in ("deadline", "cancelled", "overload"))
+        return value(m, "tandem_batch_size_sum", worker="reranker"), dropped
+
+    computed0, dropped0 = accounted(slow.metrics_text())
     with slow.channel() as ch:
         rerank = rerank_pb2_grpc.RerankServiceStub(ch)
         busy = rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=docs[:48]), timeout=120)
@@ -174,9 +201,13 @@ def test_deadline_storm_leaves_nothing_behind(slow, corpus):
         m = slow.metrics_text()
         assert value(m, "tandem_queue_depth", worker="reranker") == 0
         assert value(m, "tandem_requests_in_flight", method="/tandem.v1.RerankService/Rerank") == 0
-        # A late success is never sent: the items were dropped, not computed.
-        assert value(m, "tandem_dropped_items_total", worker="reranker", reason="deadline") + \
-            value(m, "tandem_dropped_items_total", worker="reranker", reason="cancelled") >= 300
+        # A late success is never computed: an expired call's items are dropped from the queue (or never queued,
+        # when the deadline passes first). Some were already in a batch when it passed, how many depends on this
+        # CPU's speed, so the bound is half of them.
+        computed, dropped = accounted(m)
+        storm = computed - computed0 - 48  # busy's 48 items were computed
+        assert storm <= 4 * codes.count("OK") + 2 * codes.count("DEADLINE_EXCEEDED"), (storm, codes.count("OK"))
+        assert dropped > dropped0
 
 
 def test_sigterm_drains_every_accepted_request(make_server, minilm_ce, tmp_path, corpus):
