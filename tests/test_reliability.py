@@ -143,6 +143,8 @@ def test_search_degrades_when_rerank_queue_is_full(slow, corpus):
         long_docs = [d.text for d in documents(corpus[:300])][:200]
         fill = [rerank.Rerank.future(rerank_pb2.RerankRequest(query="q", documents=long_docs), timeout=300)
                 for _ in range(2)]  # 400 pairs: the queue is at capacity
+        # Both are queued once more than one's 200 pairs wait (before that, a top-up could take the second's room).
+        assert wait_for(lambda: value(slow.metrics_text(), "tandem_queue_depth", worker="reranker") > 200, 60)
         # The queue drains as batches finish, however fast this CPU is; small Reranks sent without pause keep
         # it within 10 pairs of capacity, so a Search's 50 pairs never fit while the checks run.
         stop, topped = threading.Event(), []
