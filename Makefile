@@ -19,7 +19,9 @@ TORCH_SPEC_cuda := "torch==$(TORCH_VERSION)"
 setup: $(BIN)/python
 	@test -n '$(TORCH_SPEC_$(TORCH))' || (echo "TORCH=$(TORCH): use TORCH=cpu or TORCH=cuda" && exit 2)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_SPEC_$(TORCH))
+	@# A +cpu wheel already on this machine's pip sources (find-links, a mirror) is used as it is: PyPI has none, so
+	@# elsewhere the first try fails at once and the second goes to PyTorch's CPU index.
+	$(if $(filter cpu,$(TORCH)),$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null ||) $(BIN)/pip install -q $(TORCH_SPEC_$(TORCH))
 	$(BIN)/pip install -q -e '.[dev]'
 
 serve: setup
@@ -30,7 +32,7 @@ serve: setup
 test: setup
 	@if command -v npm >/dev/null && { [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d examples/node/gen ]; }; then \
 	  $(MAKE) --no-print-directory node-setup || echo "npm ci failed: the Node client suites will be skipped"; fi
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 # Regenerates tandem/v1/*_pb2*.py from proto/. Never edit the generated files.
 proto:

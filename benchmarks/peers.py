@@ -10,9 +10,11 @@ own `optimum-cli` (fp32 `model.onnx`, and `model_quantized.onnx` by `optimum-cli
 --avx512_vnni`, which Infinity prefers on a CPU) and puts both at the model folder's root, where Infinity looks.
 
 Servers (one at a time: Infinity's idle threads poll, so two alive at once would skew both):
-  infinity torch fp32, infinity optimum int8 (its CPU default), infinity optimum fp32, tandem default (backend
-  and precision auto: the fastest that agrees with fp32), tandem --precision bf16 (when the CPU has it) and
-  tandem --precision int8 (the fastest backend at that precision; not gated, asked for).
+  infinity torch fp32, infinity torch bf16 (--dtype bfloat16, when the CPU has native bf16), infinity optimum
+  int8 (its CPU default), infinity optimum fp32, tandem default (backend and precision auto: the fastest that
+  passes the gate), tandem --precision bf16 (the fastest backend at bf16) and each bf16 backend by name (when
+  the CPU has it), and tandem --precision int8 (the fastest backend at that precision; not gated, asked for).
+  `--only` picks some of them by label.
 Workloads: 16 clients x 20 passages (Cranfield query, 60-word abstract), 32 clients x 1 title, and the p50 of a
 one-document call at one client; each idle and beside a process that spins on one core (pinned to the last).
 Agreement: each server's raw scores for 20 queries x 20 passages against fp32 torch in-process: the median
@@ -251,12 +253,17 @@ def main(argv=None) -> dict:
     cache = tmp / "tandem-cache"
     servers = {
         "infinity torch fp32": lambda: Infinity(args.infinity_venv, inf_model, tmp, "--engine", "torch"),
+        **({"infinity torch bf16": lambda: Infinity(args.infinity_venv, inf_model, tmp, "--engine", "torch",
+                                                    "--dtype", "bfloat16")} if cpu_bf16_flag() else {}),
         "infinity optimum int8": lambda: Infinity(args.infinity_venv, inf_model, tmp, "--engine", "optimum"),
         "infinity optimum fp32": lambda: Infinity(args.infinity_venv, inf_model, tmp, "--engine", "optimum",
                                                   "--onnx-do-not-prefer-quantized"),
         "tandem default": lambda: Tandem(ce, tmp, cache),
         "tandem default http": lambda: Tandem(ce, tmp, cache, http=True),
-        **({"tandem bf16": lambda: Tandem(ce, tmp, cache, "--precision", "bf16")} if cpu_bf16_flag() else {}),
+        **({"tandem bf16": lambda: Tandem(ce, tmp, cache, "--precision", "bf16"),
+            "tandem torch bf16": lambda: Tandem(ce, tmp, cache, "--backend", "torch", "--precision", "bf16"),
+            "tandem openvino bf16": lambda: Tandem(ce, tmp, cache, "--backend", "openvino", "--precision", "bf16")}
+           if cpu_bf16_flag() else {}),
         "tandem int8": lambda: Tandem(ce, tmp, cache, "--precision", "int8"),
         "tandem int8 http": lambda: Tandem(ce, tmp, cache, "--precision", "int8", http=True),
     }

@@ -186,21 +186,28 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
     import torch
 
     from tandem.server import precision as prec_mod
+    from tandem.server.config import Config
     from tandem.workers import calibration
     from tandem.workers.exported import default_cache_dir, model_key
 
     versions = [f"{m} {_version(m)}" for m in ("torch", "openvino", "onnxruntime", "sentence_transformers",
                                                "transformers")]
     key = model_key(r.path, kind, *versions, prec_mod.cpu_identity(), f"threads {torch.get_num_threads()}",
-                    f"gate {plan.gate}", *map(str, plan.options), calibration.digest())
+                    f"gate {plan.gate}", backend_choice.GATE, *map(str, plan.options), calibration.digest())
     cache_file = Path(cache_dir or default_cache_dir()) / "choices" / f"{key}.json"
-    items = calibration.pairs() if kind == "reranker" else calibration.texts()
-    size = calibration.PER_GROUP + (kind != "reranker")
-    batches = [items[i:i + size] for i in range(0, len(items), size)]
+    # Judged and timed in batches cut as the server's default limits on this device cut them.
+    if kind == "reranker":
+        groups = [[(q, p) for p in ps] for q, ps in calibration.groups()]
+        timing = [[(q, p) for p in ps] for q, ps in calibration.timing_groups()]
+        limits = Config().rerank_limits(device)
+    else:
+        groups = timing = [calibration.texts()]
+        limits = Config().embed_limits(device)
     log.info("%s %s: measuring %s on this CPU (%s) to choose a backend; the decision is cached", kind, name,
              ", ".join(map(str, plan.options)), prec_mod.cpu_identity())
-    choice, loaded = backend_choice.choose(kind, plan.options, build, batches, gate=plan.gate,
-                                           cache_file=cache_file)
+    choice, loaded = backend_choice.choose(kind, plan.options, build, groups, timing,
+                                           max_items=limits.max_batch_size, max_tokens=limits.max_batch_tokens,
+                                           gate=plan.gate, cache_file=cache_file)
     how = f"cached in {choice.cached_at}" if loaded is None else f"measured now, saved to {choice.cached_at}"
     log.info("%s %s: %s, chosen %s (%s):\n%s", kind, name, plan.reason, choice.option, how, choice.table())
     if loaded is None:

@@ -117,8 +117,8 @@ def plan(requested: str, device: str, backend: str = "auto", bf16_flag: str | No
     precisions = [req] if req != "auto" else ["fp32", *(["bf16"] if flag else []), "int8"]
     options = tuple(Option(b, p) for b in backends for p in precisions if p in CPU_PRECISIONS[b])
     if req == "auto":
-        why = (f"auto: the fastest of {len(options)} options measured on this CPU that agrees with fp32 torch "
-               f"({'native bf16: ' + flag if flag else 'no native bf16'})")
+        why = (f"auto: the fastest of {len(options)} options measured on this CPU whose ranking passes the loss "
+               f"gate against fp32 torch ({'native bf16: ' + flag if flag else 'no native bf16'})")
     else:
         why = "asked for" + (f", on the fastest of {len(options)} backends measured" if len(options) > 1 else "")
     return Plan(options, req == "auto", why)

@@ -1,5 +1,6 @@
-"""`--backend auto`: the measured fastest option that agrees with fp32 is served, the gate refuses one that
-disagrees, the decision is cached under the right key, and a model a backend cannot run falls back to torch.
+"""`--backend auto`: the measured fastest option whose ranking loses nothing measurable against fp32 is served,
+the gate passes ties and noise among near-ties and refuses real reordering, the decision is cached under the
+right key, and a model a backend cannot run falls back to torch.
 
 The choice itself is tested with stand-in backends of known cost (a sleep per batch), so no assertion depends
 on how fast this CPU is; the loading path is tested on real models from disk.
@@ -10,73 +11,143 @@ from __future__ import annotations
 import json
 import logging
 import os
+import math
 import time
+import zlib
 
 import numpy as np
 import pytest
 
 from tandem.server.models import load_reranker
 from tandem.workers import calibration
-from tandem.workers.backend_choice import REFERENCE, Option, choose
+from tandem.workers.backend_choice import REFERENCE, Option, choose, rerank_loss
 from tandem.workers.exported import model_key
 
-GROUPS = [calibration.pairs()[i:i + 16] for i in range(0, 192, 16)]
+ALL = [[(q, p) for p in ps] for q, ps in calibration.groups()]
+GROUPS = ALL[::4]  # 12 groups, both shapes
+TIMING = GROUPS[:3]
+LIMITS = {"max_items": 32, "max_tokens": 1024}
+TOP = {max(ALL[0], key=lambda pair: zlib.crc32(pair[1].encode()) % 10_000)[1]}  # group 0's best
+
+
+def _ref(b: str) -> float:
+    return zlib.crc32(b.encode()) % 10_000 / 100  # a stable spread of scores in [0, 100)
+
+
+# What each stand-in makes of the reference's score x of passage b: the four cases the gate must tell apart.
+TIED = lambda x, b: float(int(x // 20))  # noqa: E731  (only 5 distinct scores: most passages tie)
+BEHAVIOURS = {
+    "ties broken otherwise": lambda x, b: x + 1e-6 * (len(b) % 7),  # noqa: E731  (x is already tied)
+    "noise below the near-tie scale": lambda x, b: x + 0.3 * math.sin(len(b)),  # 0.3% of the range
+    "well-separated passages swapped": lambda x, b: x - 60 if 80 <= x < 95 else x,  # noqa: E731
+    "another top over a clear winner": lambda x, b: x - 150 if b in TOP else x,  # noqa: E731
+}
+# The reference each case is judged against: mostly ties for the first; for the last, group 0's top passage
+# scores 100 above the rest (a clear winner).
+REFERENCES = {"ties broken otherwise": lambda b: TIED(_ref(b), b),
+              "another top over a clear winner": lambda b: _ref(b) + (100 if b in TOP else 0)}
 
 
 class StandIn:
-    """Scores every pair by a fixed function, sleeping `seconds` per batch."""
+    """Scores every pair by a fixed function of its passage, sleeping `seconds` per batch."""
 
-    def __init__(self, seconds: float, scramble: float = 0.0, embed: bool = False):
-        self.seconds, self.scramble, self.embed = seconds, scramble, embed
+    def __init__(self, seconds: float, behaviour=None, embed: bool = False, reference=_ref):
+        self.seconds, self.behaviour, self.embed, self.reference = seconds, behaviour, embed, reference
+
+    def measure(self, batch):
+        return [len(a.split()) + len(b.split()) + 3 for a, b in batch]
 
     def run(self, batch):
         time.sleep(self.seconds)
         out = []
-        for a, b in batch:
-            x = float(len(a) * 7 % 13 + len(b) % 97)  # a spread of distinct scores
-            x += self.scramble * ((len(b) * 31) % 17)  # a backend that disagrees moves scores apart
+        for _, b in batch:
+            x = self.reference(b)
+            if self.behaviour:
+                x = self.behaviour(x, b)
             out.append([x, 1.0, 0.5] if self.embed else x)
         return out
 
 
-def stand_ins(costs: dict, scrambled=(), embed=False):
+def stand_ins(costs: dict, behaviours: dict | None = None, embed=False, reference=_ref):
     built = []
 
     def build(option):
         built.append(option)
-        return StandIn(costs[option], scramble=5.0 if option in scrambled else 0.0, embed=embed)
+        return StandIn(costs[option], (behaviours or {}).get(option), embed=embed, reference=reference)
 
     return build, built
 
 
+def pick(options, build, groups=GROUPS, **kw):
+    return choose("reranker", options, build, groups, TIMING, **LIMITS, **kw)
+
+
 FAST, SLOW = Option("onnxruntime", "int8"), Option("openvino", "fp32")
+SCRAMBLED = BEHAVIOURS["well-separated passages swapped"]
 
 
 def test_the_fastest_option_is_chosen():
-    build, _ = stand_ins({REFERENCE: 0.02, SLOW: 0.01, FAST: 0.001})
-    choice, backend = choose("reranker", [REFERENCE, SLOW, FAST], build, GROUPS)
+    build, built = stand_ins({REFERENCE: 0.02, SLOW: 0.01, FAST: 0.001})
+    choice, backend = pick([REFERENCE, SLOW, FAST], build)
     assert choice.option == FAST and isinstance(backend, StandIn) and backend.seconds == 0.001
     speed = {t.option: t.items_per_second for t in choice.trials}
     assert speed[FAST] > speed[SLOW] > speed[REFERENCE]
     assert "<- chosen" in next(line for line in choice.table().splitlines() if line.startswith("onnxruntime int8"))
+    # The fastest passed, so the slower ones were not judged (and not run over the calibration set).
+    slow = next(t for t in choice.trials if t.option == SLOW)
+    assert not slow.judged and "not judged" in slow.row() and built.count(SLOW) == 1
 
 
-def test_the_gate_refuses_an_option_that_disagrees_with_fp32():
-    build, _ = stand_ins({REFERENCE: 0.02, SLOW: 0.01, FAST: 0.001}, scrambled={FAST})
-    choice, _ = choose("reranker", [REFERENCE, SLOW, FAST], build, GROUPS)
+def test_a_near_tie_in_speed_goes_to_the_option_listed_first():
+    torch_bf16 = Option("torch", "bf16")
+    build, _ = stand_ins({REFERENCE: 0.02, torch_bf16: 0.0102, SLOW: 0.01})
+    choice, _ = pick([REFERENCE, torch_bf16, SLOW], build)
+    assert choice.option == torch_bf16
+
+
+@pytest.mark.parametrize("behaviour, passes", [("ties broken otherwise", True),
+                                               ("noise below the near-tie scale", True),
+                                               ("well-separated passages swapped", False),
+                                               ("another top over a clear winner", False)])
+def test_the_gate_judges_what_a_ranking_loses(behaviour, passes):
+    build, _ = stand_ins({REFERENCE: 0.002, FAST: 0.0002}, {FAST: BEHAVIOURS[behaviour]},
+                         reference=REFERENCES.get(behaviour, _ref))
+    choice, _ = pick([REFERENCE, FAST], build, ALL)
+    fast = next(t for t in choice.trials if t.option == FAST)
+    assert fast.judged and fast.agrees is passes and (choice.option == FAST) is passes, choice.table()
+    if behaviour == "noise below the near-tie scale":  # it does reorder some near-ties: exact order would refuse it
+        assert fast.same_top < 1.0 and 0.998 <= fast.ndcg_mean < 1.0
+    if behaviour == "another top over a clear winner":  # one group of 48 is enough to refuse it
+        assert fast.same_top == 47 / 48 and fast.top_loss > 0.4 and "loses too much" in fast.row()
+
+
+def test_the_gate_refuses_a_faster_option_that_loses_and_judges_the_next():
+    build, _ = stand_ins({REFERENCE: 0.02, SLOW: 0.01, FAST: 0.001}, {FAST: SCRAMBLED})
+    choice, _ = pick([REFERENCE, SLOW, FAST], build)
     assert choice.option == SLOW
     fast = next(t for t in choice.trials if t.option == FAST)
-    assert not fast.passed and fast.spearman < 0.999 and "disagrees with fp32" in fast.row()
-    # Asked for by name (no gate), the same option is served, its agreement still reported.
-    build, _ = stand_ins({REFERENCE: 0.02, FAST: 0.001}, scrambled={FAST})
-    asked, _ = choose("reranker", [FAST], build, GROUPS, gate=False)
-    assert asked.option == FAST and asked.trials[0].spearman < 0.999 and "not gated" in asked.trials[0].row()
+    assert not fast.passed and fast.ndcg_worst < 0.98 and "loses too much" in fast.row()
+    # Asked for by name (no gate), the same option is served, its loss still reported.
+    build, _ = stand_ins({REFERENCE: 0.02, FAST: 0.001}, {FAST: SCRAMBLED})
+    asked, _ = pick([FAST], build, gate=False)
+    assert asked.option == FAST and asked.trials[0].ndcg_worst < 0.98 and "not gated" in asked.trials[0].row()
+
+
+def test_the_loss_measures_on_known_rankings():
+    r = np.array([10.0, 9.999, 5.0, 0.0])
+    same, near = rerank_loss([r], [r]), rerank_loss([r], [np.array([9.999, 10.0, 5.0, 0.0])])
+    assert (same.ndcg_mean, same.top_loss) == (1.0, 0.0)
+    assert near.ndcg_worst > 0.9999 and near.top_loss == pytest.approx(1e-4) and near.same_top == 0.0
+    far = rerank_loss([r], [np.array([0.0, 9.999, 5.0, 10.0])])  # the last passage first, the first last
+    assert far.top_loss == 1.0 and far.ndcg_worst < 0.8 and not far.agrees
+    flat = rerank_loss([np.zeros(5)], [np.arange(5.0)])  # no order in the reference: nothing to lose
+    assert flat.agrees and flat.ndcg_worst == 1.0
 
 
 def test_the_gate_compares_embeddings_by_cosine():
-    texts = [[(t, t)] for t in calibration.texts()[:8]]
-    build, _ = stand_ins({REFERENCE: 0.01, FAST: 0.001}, scrambled={FAST}, embed=True)
-    choice, _ = choose("embedder", [REFERENCE, FAST], build, texts)
+    texts = [[(t, t) for t in calibration.texts()[:8]]]
+    build, _ = stand_ins({REFERENCE: 0.01, FAST: 0.001}, {FAST: lambda x, b: -x}, embed=True)
+    choice, _ = choose("embedder", [REFERENCE, FAST], build, texts, texts, **LIMITS)
     fast = next(t for t in choice.trials if t.option == FAST)
     assert choice.option == REFERENCE and fast.min_cosine < 0.999
 
@@ -87,25 +158,25 @@ def test_an_option_that_fails_is_reported_and_skipped():
             raise ValueError("this model is a causal LM")
         return StandIn(0.001)
 
-    choice, _ = choose("reranker", [REFERENCE, FAST], build, GROUPS)
+    choice, _ = pick([REFERENCE, FAST], build)
     assert choice.option == REFERENCE
     assert "failed: ValueError: this model is a causal LM" in choice.table()
     with pytest.raises(RuntimeError, match="no backend could serve"):
-        choose("reranker", [FAST], build, GROUPS)
+        pick([FAST], build)
 
 
 def test_the_decision_is_cached_and_reused(tmp_path):
     cache = tmp_path / "choice.json"
     build, built = stand_ins({REFERENCE: 0.01, FAST: 0.001})
-    first, backend = choose("reranker", [REFERENCE, FAST], build, GROUPS, cache_file=cache)
+    first, backend = pick([REFERENCE, FAST], build, cache_file=cache)
     assert backend is not None and first.cached_at == str(cache) and json.loads(cache.read_text())["option"] == {
         "backend": "onnxruntime", "precision": "int8"}
     n = len(built)
-    again, backend = choose("reranker", [REFERENCE, FAST], build, GROUPS, cache_file=cache)
+    again, backend = pick([REFERENCE, FAST], build, cache_file=cache)
     assert backend is None and again.option == FAST and len(built) == n  # nothing built or measured again
     assert [t.option for t in again.trials] == [REFERENCE, FAST]
     cache.write_text("{not json")  # a damaged file is measured afresh, not trusted
-    third, backend = choose("reranker", [REFERENCE, FAST], build, GROUPS, cache_file=cache)
+    third, backend = pick([REFERENCE, FAST], build, cache_file=cache)
     assert backend is not None and len(built) > n and json.loads(cache.read_text())["option"]["precision"] == "int8"
 
 
@@ -157,5 +228,29 @@ def test_onnx_int8_asked_for_logs_its_agreement(minilm_ce, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tandem.server.models")
     b = load_reranker(minilm_ce, "cpu", False, "int8", "onnxruntime", str(tmp_path))
     assert (b.backend, b.precision, b.dtype) == ("onnxruntime", "int8", "int8")
-    assert "spearman" in caplog.text and ("not gated (asked for)" in caplog.text or "agrees" in caplog.text)
+    assert "nDCG@10" in caplog.text and ("not gated (asked for)" in caplog.text or "agrees" in caplog.text)
     assert os.path.exists(tmp_path / "onnxruntime") and list((tmp_path / "onnxruntime").rglob("model_int8.onnx"))
+
+
+def test_the_gate_on_the_reference_models_real_options(minilm_ce):
+    """Regression, on the MiniLM-L6-shaped reference model (an untrained head: near-tied scores): torch's dynamic
+    int8 really reorders (Spearman about 0.86, a different top in almost half the groups) and is refused; bf16,
+    where this CPU has it natively, differs from fp32 only among near-ties and passes, though its same-top share
+    is below 100% (the old exact-order gate refused it)."""
+    from sentence_transformers import CrossEncoder
+
+    from tandem.server.precision import cpu_bf16_flag
+    from tandem.workers.backends import CrossEncoderBackend
+
+    groups = [[(q, p) for p in ps] for q, ps in calibration.groups()]
+
+    def scores(precision):
+        backend = CrossEncoderBackend(CrossEncoder(minilm_ce, device="cpu"), "reference", precision=precision)
+        return [np.asarray(backend.run(g)) for g in groups]
+
+    reference = scores("fp32")
+    int8 = rerank_loss(reference, scores("int8"))
+    assert not int8.agrees and int8.ndcg_mean < 0.99 and int8.top_loss > 0.1, int8
+    if cpu_bf16_flag():
+        bf16 = rerank_loss(reference, scores("bf16"))
+        assert bf16.agrees and bf16.ndcg_worst > 0.99, bf16

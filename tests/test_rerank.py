@@ -79,7 +79,7 @@ def test_info(stubs, tiny_ce, server):
     kinds = {m.kind: m for m in info.models}
     assert kinds["reranker"].name == tiny_ce and kinds["reranker"].device == "cpu"
     assert kinds["reranker"].max_seq_length == 128
-    # `auto` is measured on this CPU: any option that agrees with fp32 (workers/backend_choice.py), as logged.
+    # `auto` is measured on this CPU: any option that passes the loss gate (workers/backend_choice.py), as logged.
     for m in info.models:
         assert (m.backend, m.precision) in {("torch", "fp32"), ("torch", "bf16"), ("openvino", "fp32"),
                                             ("openvino", "bf16"), ("onnxruntime", "fp32")}, m
