@@ -259,7 +259,7 @@ def choose(kind: str, options: Sequence[Option], build: Callable[[Option], objec
     judged = _Workload(groups, reference_backend.measure, max_items, max_tokens)
     timed = _Workload(timing, reference_backend.measure, max_items, max_tokens)
     trials = [Trial(o, gated=gate) for o in options]
-    for trial in trials:  # 1: speed, one option alive at a time
+    for trial in trials if len(trials) > 1 else ():  # 1: speed, one option alive at a time (none to rank: skip)
         try:
             backend = reference_backend if trial.option == REFERENCE else build(trial.option)
             trial.items_per_second = timed.items / timed.seconds(backend, repeats)
