@@ -67,3 +67,18 @@ async def test_cancelled_and_expired_entries_leave_the_queue():
     assert len(q) == 2
     batch, expired = q.cut(now=10.0)
     assert batch == [live[1]] and expired == old and len(q) == 0
+
+
+async def test_the_calibration_cuts_batches_as_the_queue_does():
+    # The backend choice calibrates on batches cut by `cut_all`: the same rule as a queue holding those items.
+    from tandem.workers.queue import cut_all
+
+    loop = asyncio.get_running_loop()
+    costs = [(i * 37) % 90 + 10 for i in range(150)]
+    q = BatchQueue("t", capacity=1000, max_items=8, max_tokens=300)
+    q.put(entries(loop, costs))
+    from_queue = []
+    while len(q):
+        batch, _ = q.cut(0)
+        from_queue.append(sorted(e.payload for e in batch))
+    assert [sorted(b) for b in cut_all(costs, 8, 300)] == from_queue and len(from_queue) > 10

@@ -25,8 +25,8 @@ a lot. The thresholds sit between what bf16 and dynamic int8 lose on the MiniLM-
 untrained head: near-tied scores) and on the same model fine-tuned on Cranfield (scores spread over logits),
 measured on every option (docs/benchmarks.md, scenario 23): bf16 keeps mean nDCG@10 >= 0.9998, worst group
 >= 0.9969 and top loss <= 0.014, while int8 loses mean nDCG@10 to <= 0.9902, worst group to <= 0.955, or has
-a top loss >= 0.084. Embedders keep the
-cosine gate (each embedding's cosine with the reference >= 0.999, as vLLM's CI asks).
+a top loss >= 0.084. Embedders keep the cosine gate (each embedding's cosine with the reference >= 0.999, as
+vLLM's CI asks).
 
 An option asked for by name (`--precision int8`) is not gated: the fastest backend at that precision is
 served, and its measures are logged. The decision is cached per model files, runtime versions, CPU model,
@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from tandem.workers.queue import cut_all
 
 log = logging.getLogger(__name__)
 
@@ -167,29 +169,12 @@ def min_cosine(reference: np.ndarray, got: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
-def served_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
-    """Indices of a group's items cut as the server cuts a queue: by length, at most `max_items` a batch and at
-    most `max_tokens` padded tokens (longest x count)."""
-    batches: list[list[int]] = []
-    longest = 0
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        grown = max(longest, lengths[i])
-        fits = not max_tokens or grown * (len(batches[-1]) + 1) <= max_tokens if batches else False
-        if batches and len(batches[-1]) < max_items and fits:
-            batches[-1].append(i)
-            longest = grown
-        else:
-            batches.append([i])
-            longest = lengths[i]
-    return batches
-
-
 class _Workload:
     """Groups of items, each cut into served batches once (by the reference's token counts)."""
 
     def __init__(self, groups: Sequence[Sequence], measure, max_items: int, max_tokens: int):
         self.groups = [list(g) for g in groups]
-        self.cuts = [served_batches(measure(g), max_items, max_tokens) for g in self.groups]
+        self.cuts = [cut_all(measure(g), max_items, max_tokens) for g in self.groups]
         self.items = sum(map(len, self.groups))
 
     def run(self, backend) -> list[np.ndarray]:
@@ -228,11 +213,12 @@ def _judge(kind: str, trial: Trial, reference: list[np.ndarray], got: list[np.nd
 
 def _by_speed(trials: list[Trial]) -> list[Trial]:
     """Fastest first; an option listed earlier that is within NEAR of a faster one goes before it."""
+    listed = {id(t): i for i, t in enumerate(trials)}
     ranked: list[Trial] = []
     for t in sorted(trials, key=lambda t: -t.items_per_second):
         at = len(ranked)
-        while at and ranked[at - 1].items_per_second <= t.items_per_second * NEAR and \
-                trials.index(ranked[at - 1]) > trials.index(t):
+        while at and ranked[at - 1].items_per_second <= t.items_per_second * NEAR \
+                and listed[id(ranked[at - 1])] > listed[id(t)]:
             at -= 1
         ranked.insert(at, t)
     return ranked

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 from tandem.workers.errors import Overloaded
 
@@ -105,30 +105,46 @@ class BatchQueue:
 
     def _choose(self, window: list[Entry]) -> list[Entry]:
         """Grow a batch around the oldest entry, taking the nearest lengths first."""
-        head = window[0]
         ranked = sorted(window, key=lambda e: e.cost)
-        i = ranked.index(head)
-        lo, hi = i, i + 1  # ranked[lo:hi] is the batch
-        longest = head.cost
-        while hi - lo < self.max_items:
-            below = ranked[lo - 1] if lo > 0 else None
-            above = ranked[hi] if hi < len(ranked) else None
-            if below is None and above is None:
-                break
-            take_above = below is None or (
-                above is not None and above.cost - head.cost <= head.cost - below.cost
-            )
-            nxt = above if take_above else below
-            new_longest = max(longest, nxt.cost)
-            if self.max_tokens and new_longest * (hi - lo + 1) > self.max_tokens:
-                if take_above and below is not None and longest * (hi - lo + 1) <= self.max_tokens:
-                    lo -= 1  # a shorter entry still fits
-                    continue
-                break
-            longest = new_longest
-            if take_above:
-                hi += 1
-            else:
-                lo -= 1
+        lo, hi = grow([e.cost for e in ranked], ranked.index(window[0]), self.max_items, self.max_tokens)
         # Sorted by length; the backend pads to the longest.
         return ranked[lo:hi]
+
+
+def grow(costs: Sequence[int], head: int, max_items: int, max_tokens: int) -> tuple[int, int]:
+    """The rule that cuts a batch: over `costs` sorted ascending, the slice [lo, hi) grown around `head` by the
+    nearest lengths first, at most `max_items` long and `max_tokens` padded tokens (longest x count)."""
+    lo, hi = head, head + 1
+    longest = costs[head]
+    while hi - lo < max_items:
+        below = costs[lo - 1] if lo > 0 else None
+        above = costs[hi] if hi < len(costs) else None
+        if below is None and above is None:
+            break
+        take_above = below is None or (above is not None and above - costs[head] <= costs[head] - below)
+        new_longest = max(longest, above if take_above else below)
+        if max_tokens and new_longest * (hi - lo + 1) > max_tokens:
+            if take_above and below is not None and longest * (hi - lo + 1) <= max_tokens:
+                lo -= 1  # a shorter entry still fits
+                continue
+            break
+        longest = new_longest
+        if take_above:
+            hi += 1
+        else:
+            lo -= 1
+    return lo, hi
+
+
+def cut_all(costs: Sequence[int], max_items: int, max_tokens: int, window: int = 4) -> list[list[int]]:
+    """Indices of items queued together, in the batches BatchQueue would cut them into (for the backend choice's
+    calibration, which must run what the server runs)."""
+    waiting = list(range(len(costs)))
+    batches = []
+    while waiting:
+        ranked = sorted(waiting[:max(1, window) * max_items], key=lambda i: costs[i])
+        lo, hi = grow([costs[i] for i in ranked], ranked.index(waiting[0]), max_items, max_tokens)
+        batches.append(ranked[lo:hi])
+        taken = set(ranked[lo:hi])
+        waiting = [i for i in waiting if i not in taken]
+    return batches
