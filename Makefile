@@ -27,12 +27,16 @@ setup: $(BIN)/python
 serve: setup
 	$(BIN)/tandem serve
 
+# Test modules run side by side, one per core (at most 4: each starts real servers); a module stays on one
+# worker, so its shared servers start once. TEST_JOBS=0 runs them in this process, one after another.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+
 # Installs the Node test clients too when npm is here (no root needed); the suites that still cannot run are
 # listed at the end with the command that enables them.
 test: setup
 	@if command -v npm >/dev/null && { [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d examples/node/gen ]; }; then \
 	  $(MAKE) --no-print-directory node-setup || echo "npm ci failed: the Node client suites will be skipped"; fi
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile
 
 # Regenerates tandem/v1/*_pb2*.py from proto/. Never edit the generated files.
 proto:

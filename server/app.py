@@ -171,6 +171,7 @@ class TandemServer:
         self._policy_watch: asyncio.Task | None = None
         self._preload: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second signal: end the drain delay now
 
     async def start(self) -> None:
         cfg, rt = self.cfg, self.rt
@@ -278,7 +279,10 @@ class TandemServer:
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.not_serving()
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.wait_for(self._hurry.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
         # Reranks still running shortly before the grace ends give up, so their Searches can answer with recall
         # results (degraded) instead of being cut off with UNAVAILABLE.
         loop = asyncio.get_running_loop()
@@ -294,6 +298,13 @@ class TandemServer:
         flush = asyncio.ensure_future(asyncio.to_thread(tracing.shutdown))
         await asyncio.wait([flush], timeout=5.0)
         self._stopped.set()
+
+    def hurry(self) -> bool:
+        """End the drain delay now (in-flight calls keep their grace); False when it was already ended."""
+        if self._hurry.is_set():
+            return False
+        self._hurry.set()
+        return True
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -335,9 +346,11 @@ async def serve(cfg: Config) -> None:
 
     def on_signal(sig: signal.Signals) -> None:
         if not stopping:
-            log.info("%s: NOT_SERVING now, serving %.1fs more, then draining for up to %.1fs", sig.name,
-                     cfg.drain_delay_seconds, cfg.grace_seconds)
+            log.info("%s: NOT_SERVING now, serving %.1fs more, then draining for up to %.1fs (signal again to "
+                     "end the delay now)", sig.name, cfg.drain_delay_seconds, cfg.grace_seconds)
             stopping.append(loop.create_task(srv.stop()))
+        elif srv.hurry():  # an operator who means "now": in-flight calls still get the grace
+            log.info("%s again: ending the drain delay now; draining for up to %.1fs", sig.name, cfg.grace_seconds)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

@@ -69,7 +69,7 @@ class Config:
     embedder_precision: str = _f("", "the embedder's precision, when it differs from --precision")
     backend: str = _f("auto", "auto | torch | openvino | onnxruntime; auto = torch on CUDA; on a CPU, each model is "
                               "timed on every backend at load and served by the fastest that passes the gate "
-                              "(the decision is cached); others force one backend (converted locally on first "
+                              "(each measurement is cached); others force one backend (converted locally on first "
                               "load and cached)")
     cache_dir: str = _f("", "where converted models and backend choices are cached; default ~/.cache/tandem")
     allow_download: bool = _f(True, "download models from the Hugging Face Hub when not found locally")

@@ -182,7 +182,8 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
 
 
 def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, name: str):
-    """Measure the plan's options on this model (workers/backend_choice.py), or take the cached decision."""
+    """Measure the plan's options on this model (workers/backend_choice.py), reading back what was measured
+    before."""
     import torch
 
     from tandem.server import precision as prec_mod
@@ -192,9 +193,6 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
 
     versions = [f"{m} {_version(m)}" for m in ("torch", "openvino", "onnxruntime", "sentence_transformers",
                                                "transformers")]
-    key = model_key(r.path, kind, *versions, prec_mod.cpu_identity(), f"threads {torch.get_num_threads()}",
-                    f"gate {plan.gate}", backend_choice.GATE, *map(str, plan.options), calibration.digest())
-    cache_file = Path(cache_dir or default_cache_dir()) / "choices" / f"{key}.json"
     # Judged and timed in batches cut as the server's default limits on this device cut them.
     if kind == "reranker":
         groups = [[(q, p) for p in ps] for q, ps in calibration.groups()]
@@ -203,12 +201,18 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
     else:
         groups = timing = [calibration.texts()]
         limits = Config().embed_limits(device)
-    log.info("%s %s: measuring %s on this CPU (%s) to choose a backend; the decision is cached", kind, name,
+    # One file of measurements per model and machine, whatever options a start asks for (backend_choice.Measures).
+    key = model_key(r.path, kind, *versions, prec_mod.cpu_identity(), f"threads {torch.get_num_threads()}",
+                    backend_choice.GATE, calibration.digest(), f"batches {limits.max_batch_size}/"
+                    f"{limits.max_batch_tokens}")
+    cache_file = Path(cache_dir or default_cache_dir()) / "choices" / f"{key}.json"
+    log.info("%s %s: choosing among %s on this CPU (%s); each option is measured once and cached", kind, name,
              ", ".join(map(str, plan.options)), prec_mod.cpu_identity())
     choice, loaded = backend_choice.choose(kind, plan.options, build, groups, timing,
                                            max_items=limits.max_batch_size, max_tokens=limits.max_batch_tokens,
                                            gate=plan.gate, cache_file=cache_file)
-    how = f"cached in {choice.cached_at}" if loaded is None else f"measured now, saved to {choice.cached_at}"
+    now = ", ".join(map(str, choice.measured))
+    how = (f"measured now: {now}; " if now else "") + f"cached in {choice.cached_at}"
     log.info("%s %s: %s, chosen %s (%s):\n%s", kind, name, plan.reason, choice.option, how, choice.table())
     if loaded is None:
         loaded = build(choice.option)

@@ -11,9 +11,11 @@ from tests.support.pki import make_pki
 from tests.support.serverproc import Servers
 from tests.support.stubs import Stubs
 
-# Every server the suite starts shares one cache of converted models and backend choices (`--backend auto`
-# measures each model once per machine), kept apart from the user's own ~/.cache/tandem.
+# Every server the suite starts shares one cache of converted models and backend measurements (`--backend auto`
+# measures each option of a model once per machine), kept apart from the user's own ~/.cache/tandem. Set here,
+# in the first pytest process, so pytest-xdist's workers inherit the same folder.
 os.environ.setdefault("TANDEM_CACHE_DIR", tempfile.mkdtemp(prefix="tandem-test-cache-"))
+os.environ.setdefault("TANDEM_TEST_STARTS", tempfile.mkstemp(prefix="tandem-test-starts-", suffix=".tsv")[1])
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +70,18 @@ def stubs(server):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say which suites did not run, why, and the one command that enables them."""
+    """Say what the server starts cost (the suite's largest fixed cost), then which suites did not run, why, and
+    the one command that enables them."""
+    path = os.environ["TANDEM_TEST_STARTS"]
+    starts = [line.split("\t", 1) for line in open(path).read().splitlines()] if os.path.exists(path) else []
+    if starts:
+        total = sum(float(s) for s, _ in starts)
+        terminalreporter.section("server starts")
+        terminalreporter.write_line(f"{len(starts)} servers started, {total:.0f} s from spawn to SERVING in all "
+                                    "(measuring a model's backends included); slowest:")
+        for seconds, flags in sorted(starts, key=lambda x: -float(x[0]))[:5]:
+            short = " ".join(f.rsplit("/", 1)[-1] for f in flags.split())
+            terminalreporter.write_line(f"    {float(seconds):6.1f}s  {short[:110]}")
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
         return

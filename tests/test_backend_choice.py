@@ -14,6 +14,7 @@ import os
 import math
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,19 +166,37 @@ def test_an_option_that_fails_is_reported_and_skipped():
         pick([FAST], build)
 
 
-def test_the_decision_is_cached_and_reused(tmp_path):
-    cache = tmp_path / "choice.json"
-    build, built = stand_ins({REFERENCE: 0.01, FAST: 0.001})
+def test_each_option_is_measured_once_and_read_back_by_any_option_set(tmp_path):
+    cache = tmp_path / "measures.json"
+    build, built = stand_ins({REFERENCE: 0.01, FAST: 0.001, SLOW: 0.005})
     first, backend = pick([REFERENCE, FAST], build, cache_file=cache)
-    assert backend is not None and first.cached_at == str(cache) and json.loads(cache.read_text())["option"] == {
-        "backend": "onnxruntime", "precision": "int8"}
+    assert backend is not None and first.option == FAST and first.measured == (REFERENCE, FAST)
+    saved = {t["option"]["backend"]: t for t in json.loads(cache.read_text())["trials"]}
+    assert set(saved) == {"torch", "onnxruntime"} and saved["onnxruntime"]["agrees"]
+    assert cache.with_suffix(".npz").exists()  # the reference's outputs
     n = len(built)
     again, backend = pick([REFERENCE, FAST], build, cache_file=cache)
-    assert backend is None and again.option == FAST and len(built) == n  # nothing built or measured again
+    assert backend is None and again.option == FAST and again.measured == () and len(built) == n
     assert [t.option for t in again.trials] == [REFERENCE, FAST]
+    # Another option set measures only what is new: SLOW is timed; nothing else is built or timed again.
+    wider, _ = pick([REFERENCE, FAST, SLOW], build, cache_file=cache)
+    assert wider.option == FAST and wider.measured == (SLOW,) and built[n:] == [SLOW]
+    # One option asked for by name, never judged before: judged against the saved reference outputs, so the
+    # reference itself is not built again.
+    n = len(built)
+    named, backend = pick([SLOW], build, cache_file=cache, gate=False)
+    assert named.option == SLOW and backend is not None and built[n:] == [SLOW]
+    assert next(t for t in named.trials if t.option == SLOW).judged
+    # A gate asked for now re-reads a verdict judged without one: an option that lost too much is not served.
+    build2, _ = stand_ins({REFERENCE: 0.01, FAST: 0.001}, {FAST: SCRAMBLED})
+    other = tmp_path / "other.json"
+    pick([FAST], build2, cache_file=other, gate=False)
+    assert pick([REFERENCE, FAST], build2, cache_file=other)[0].option == REFERENCE
     cache.write_text("{not json")  # a damaged file is measured afresh, not trusted
+    n = len(built)
     third, backend = pick([REFERENCE, FAST], build, cache_file=cache)
-    assert backend is not None and len(built) > n and json.loads(cache.read_text())["option"]["precision"] == "int8"
+    assert backend is not None and third.measured == (REFERENCE, FAST) and len(built) > n
+    assert json.loads(cache.read_text())["trials"]
 
 
 def test_the_cache_key_follows_the_model_files_and_versions(tmp_path):
@@ -196,13 +215,12 @@ def test_auto_serves_a_measured_choice_and_reuses_it(tiny_ce, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tandem.server.models")
     first = load_reranker(tiny_ce, "cpu", False, "auto", "auto", str(tmp_path))
     (saved,) = list((tmp_path / "choices").glob("*.json"))
-    option = json.loads(saved.read_text())["option"]
-    assert (first.backend, first.precision) == (option["backend"], option["precision"])
-    assert "measured now" in caplog.text and "torch fp32" in caplog.text and "onnxruntime int8" in caplog.text
+    option = {"backend": first.backend, "precision": first.precision}
+    assert "measured now: torch fp32" in caplog.text and "onnxruntime int8" in caplog.text
     caplog.clear()
     stamp = saved.stat().st_mtime_ns
     again = load_reranker(tiny_ce, "cpu", False, "auto", "auto", str(tmp_path))
-    assert "cached in" in caplog.text and saved.stat().st_mtime_ns == stamp
+    assert "cached in" in caplog.text and "measured now" not in caplog.text and saved.stat().st_mtime_ns == stamp
     assert (again.backend, again.precision) == (first.backend, first.precision)
     pairs = calibration.pairs()[:8]
     assert np.allclose(first.run(pairs), again.run(pairs), atol=1e-6)
@@ -233,12 +251,15 @@ def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):
     assert not (tmp_path / "cache" / "openvino").exists() and not (tmp_path / "cache" / "onnxruntime").exists()
 
 
-def test_onnx_int8_asked_for_logs_its_agreement(minilm_ce, tmp_path, caplog):
+def test_onnx_int8_asked_for_logs_its_agreement(minilm_ce, caplog):
+    # In the suite's cache: what this measures (the reference's outputs, int8's loss), the servers of
+    # tests/test_precision.py read back.
+    cache = os.environ["TANDEM_CACHE_DIR"]
     caplog.set_level(logging.INFO, logger="tandem.server.models")
-    b = load_reranker(minilm_ce, "cpu", False, "int8", "onnxruntime", str(tmp_path))
+    b = load_reranker(minilm_ce, "cpu", False, "int8", "onnxruntime", cache)
     assert (b.backend, b.precision, b.dtype) == ("onnxruntime", "int8", "int8")
     assert "nDCG@10" in caplog.text and ("not gated (asked for)" in caplog.text or "agrees" in caplog.text)
-    assert os.path.exists(tmp_path / "onnxruntime") and list((tmp_path / "onnxruntime").rglob("model_int8.onnx"))
+    assert list((Path(cache) / "onnxruntime").rglob("model_int8.onnx"))
 
 
 def test_the_gate_on_the_reference_models_real_options(minilm_ce):

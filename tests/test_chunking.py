@@ -37,8 +37,8 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def srv(make_module_server, tmp_path_factory, minilm_ce):
     d = tmp_path_factory.mktemp("chunking")
-    s = make_module_server("--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri", str(d / "m.db"),
-                      "--max-windows-per-document", "12", dir=d)
+    s = make_module_server("--reranker", minilm_ce, "--precision", "fp32", "--backend", "torch",
+                           "--milvus-uri", str(d / "m.db"), "--max-windows-per-document", "12", dir=d)
     yield s
     s.terminate()
 

@@ -113,7 +113,8 @@ def test_every_route_but_health_needs_a_token(guarded):
 
 
 def test_a_disconnected_client_drops_its_queued_work(make_server, minilm_ce):
-    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--warmup", "false", "--max-batch-pairs", "8")
+    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--backend", "torch", "--warmup", "false",
+                    "--max-batch-pairs", "8")
     url = s.http_url
     docs = [f"document {i} about the flow past a circular cylinder at moderate reynolds numbers" * 4
             for i in range(256)]
@@ -180,8 +181,9 @@ def test_http_port_zero_turns_http_off(make_server, tiny_ce):
 
 
 def test_shutdown_turns_health_to_503_while_routes_still_serve(make_server, tiny_ce):
-    # A drain delay far longer than any wait below, so the checks fall inside it on a slow or busy machine.
-    s = make_server("--reranker", tiny_ce, "--warmup", "false", "--drain-delay-seconds", "20")
+    # A drain delay far longer than any wait below, so the checks fall inside it on a slow or busy machine; a
+    # second SIGTERM then ends it, so the test waits for the checks, not for the delay.
+    s = make_server("--reranker", tiny_ce, "--warmup", "false", "--drain-delay-seconds", "600")
     assert call(s.http_url + "/health").status == 200
     s.proc.send_signal(signal.SIGTERM)
     end = time.monotonic() + 15
@@ -192,7 +194,8 @@ def test_shutdown_turns_health_to_503_while_routes_still_serve(make_server, tiny
     assert health == 503
     r = call(s.http_url + "/v2/rerank", {"query": "q", "documents": DOCS})
     assert r.status == 200, "requests are still served during the drain delay"
-    assert s.proc.wait(60) == 0
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(120) == 0 and "SIGTERM again: ending the drain delay now" in s.log()
 
 
 def test_an_http_port_in_use_fails_start_up_with_what_to_do(tmp_path):

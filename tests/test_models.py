@@ -37,14 +37,14 @@ def small_emb(ckpt_dir) -> str:
 
 @pytest.fixture(scope="module")
 def multi(make_module_server, tmp_path_factory, minilm_ce, tiny_ce, causal, small_emb):
-    """Three rerankers (the first is the default) and two embedders, in fp32 so that scores can be compared
-    with sentence-transformers' own fp32 `predict` and `encode`. A reranker queue holds 64 pairs, so a stage
+    """Three rerankers (the first is the default) and two embedders, in torch fp32 so that scores can be
+    compared with sentence-transformers' own fp32 `predict` and `encode` (one option: nothing measured). A reranker queue holds 64 pairs, so a stage
     over 100 candidates is refused at once: a deterministic overload."""
     d = tmp_path_factory.mktemp("multi")
     s = make_module_server("--reranker", f"mini={minilm_ce}", "--reranker", f"tiny={tiny_ce}",
                       "--reranker", f"causal={causal}", "--embedder", DEFAULT_EMBEDDER,
-                      "--embedder", f"small={small_emb}", "--precision", "fp32", "--queue-capacity", "64",
-                      "--milvus-uri", str(d / "m.db"), dir=d)
+                      "--embedder", f"small={small_emb}", "--precision", "fp32", "--backend", "torch",
+                      "--queue-capacity", "64", "--milvus-uri", str(d / "m.db"), dir=d)
     yield s
     s.terminate()
 
@@ -245,8 +245,9 @@ def test_worker_metrics_carry_the_model_label(multi, ms):
 
 def test_collection_whose_embedder_is_not_loaded_fails_precondition(make_server, tmp_path, small_emb):
     db = str(tmp_path / "m.db")
-    a = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER,
-                      "--embedder", f"small={small_emb}", "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "a")
+    one = ("--backend", "torch", "--precision", "fp32")  # one option: a model made for the test is not measured
+    a = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *one,
+                    "--embedder", f"small={small_emb}", "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "a")
     try:
         with a.channel() as ch:
             s = Stubs(ch)
@@ -258,7 +259,7 @@ def test_collection_whose_embedder_is_not_loaded_fails_precondition(make_server,
     # Without `small`; then with `small` pointing to a 384-dimensional model.
     for extra, words in (([], ["'small'", "--embedder small="]),
                          (["--embedder", f"small={bundled_encoder()}"], ["64-dimensional", "384-dimensional"])):
-        b = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *extra,
+        b = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *one, *extra,
                           "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "b")
         try:
             with b.channel() as ch:

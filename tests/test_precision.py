@@ -13,6 +13,7 @@ Tolerances, and why:
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -43,8 +44,10 @@ def _reference(path: str, prec: str, backend: str = "torch", cache_dir: str = ""
 
 
 @pytest.fixture(scope="session")
-def ov_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("ov-cache"))
+def ov_cache():
+    """The suite's cache (tests/conftest.py): the served and in-process backends run the same converted files,
+    and what one server measured (the reference's outputs, each option's loss) is not measured again."""
+    return os.environ["TANDEM_CACHE_DIR"]
 
 
 @pytest.fixture(scope="module", params=[pytest.param(("torch", "bf16"), marks=needs_bf16), ("torch", "int8"),

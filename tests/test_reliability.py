@@ -87,8 +87,9 @@ def test_nan_scores_fail_only_the_affected_batch(make_server, tmp_path, tiny_ce)
     with torch.no_grad():
         ce.model.base_model.embeddings.word_embeddings.weight[token] = float("nan")
     ce.save(str(poisoned))
-    s = make_server("--reranker", str(poisoned), "--milvus-uri", str(tmp_path / "m.db"),
-                      "--warmup", "false", dir=tmp_path)
+    # One option (torch fp32): a model made for this test is not worth measuring every backend on.
+    s = make_server("--reranker", str(poisoned), "--backend", "torch", "--precision", "fp32",
+                    "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false", dir=tmp_path)
     try:
         with s.channel() as ch:
             stub = rerank_pb2_grpc.RerankServiceStub(ch)
@@ -122,9 +123,10 @@ def test_search_degrades_when_rerank_cannot_meet_the_deadline(slow, corpus):
         search = search_pb2_grpc.SearchServiceStub(ch)
         req = search_pb2.SearchRequest(collection="c", query=corpus[5]["title"], top_n=5, recall_k=200,
                                        rerank_depth=200, max_tokens_per_doc=512)
-        start = time.monotonic()
-        r = search.Search(req, timeout=1.0)  # 200 abstracts need several seconds of CPU reranking
-        assert time.monotonic() - start < 1.0
+        # 200 abstracts need several seconds of CPU reranking. An answer at all means it came inside the 1 s
+        # deadline: a late one is DEADLINE_EXCEEDED at the client (timing it here as well measured the client's
+        # own overhead past the deadline: 1.009 s once on a slow VM).
+        r = search.Search(req, timeout=1.0)
         assert not r.reranked and "skipped because it could not finish before the call's deadline" in \
             r.degraded_reason and len(r.hits) == 5
         assert [h.recall_rank for h in r.hits] == [0, 1, 2, 3, 4]
@@ -248,7 +250,7 @@ def test_sigterm_drains_every_accepted_request(make_server, minilm_ce, tmp_path,
 def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(make_server, tmp_path, minilm_ce, corpus):
     """A mesh's view of a rolling restart: health NOT_SERVING at once, calls still answered for the drain delay,
     then Searches whose rerank would outlast the grace return their recall results, flagged degraded."""
-    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--milvus-uri",
+    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--backend", "torch", "--milvus-uri",
                       str(tmp_path / "m.db"), "--drain-delay-seconds", "3", "--grace-seconds", "4",
                       "--warmup", "false", dir=tmp_path)
     with s.channel() as ch:

@@ -16,8 +16,8 @@ from tests.support.serverproc import REPO, ServerProcess
 @pytest.mark.parametrize("reranker", ["none", "cross-encoder/ms-marco-MiniLM-L6-v2"])
 def test_recall_only_mode(make_server, tmp_path, reranker):
     # The default reranker cannot be found offline: the server still starts, recall-only.
-    s = make_server("--reranker", reranker, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false", dir=tmp_path, start=False)
-    s.start()
+    s = make_server("--reranker", reranker, "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
+                    env={"TANDEM_LOG_LEVEL": "INFO"}, dir=tmp_path)
     try:
         with s.channel() as ch:
             h = health_pb2_grpc.HealthStub(ch)
@@ -32,6 +32,7 @@ def test_recall_only_mode(make_server, tmp_path, reranker):
             assert "--reranker" in e.value.details()
         if reranker != "none":
             assert "RECALL-ONLY MODE" in s.log()
+        assert "event loop uvloop" in s.log()  # --event-loop auto serves on uvloop (test_event_loop_setting)
     finally:
         s.terminate()
 
@@ -72,7 +73,9 @@ def test_readme_configuration_table_is_the_config_dataclass():
     assert table in (REPO / "README.md").read_text(), "README's table is stale: regenerate it with python -m tandem.server.config"
 
 
-def test_event_loop_setting(make_server, tmp_path):
+def test_event_loop_setting():
+    """The setting itself; that a server started with the default serves on uvloop, the recall-only server
+    above checks in its log (one server start fewer)."""
     from tandem.server import config
 
     p = __import__("argparse").ArgumentParser()
@@ -81,9 +84,3 @@ def test_event_loop_setting(make_server, tmp_path):
         config.from_sources(p.parse_args(["--event-loop", "tokio"]), {})
     assert config.loop_runner("asyncio") is __import__("asyncio").run
     assert config.loop_runner("auto").__module__.startswith("uvloop")  # a dependency on this platform
-    s = make_server("--reranker", "none", "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false",
-                      env={"TANDEM_LOG_LEVEL": "INFO"}, dir=tmp_path)
-    try:
-        assert "event loop uvloop" in s.log()
-    finally:
-        s.terminate()

@@ -29,16 +29,21 @@ a top loss >= 0.084. Embedders keep the cosine gate (each embedding's cosine wit
 vLLM's CI asks).
 
 An option asked for by name (`--precision int8`) is not gated: the fastest backend at that precision is
-served, and its measures are logged. The decision is cached per model files, runtime versions, CPU model,
-thread count and option list, so a restart does not measure again; delete the file (its path is logged) to
-measure afresh.
+served, and its measures are logged. What is measured is cached per option (Measures), in one file per model
+files, runtime versions, CPU model, thread count, gate and calibration set, with the reference's outputs
+beside it: a restart measures nothing, and a start with another --precision or --backend measures only the
+options never measured before (speeds measured at different starts are compared as they are, as a cached
+decision always was). Delete the file (its path is logged) to measure afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -109,7 +114,8 @@ class Trial:
 class Choice:
     option: Option
     trials: list[Trial] = field(default_factory=list)
-    cached_at: str = ""  # the cache file it came from, or was saved to
+    cached_at: str = ""  # the file the measurements were read from and saved to
+    measured: tuple[Option, ...] = ()  # the options timed or judged in this call (the rest were read back)
 
     def table(self) -> str:
         rows = [t.row() + ("  <- chosen" if t.option == self.option else "") for t in self.trials]
@@ -224,56 +230,142 @@ def _by_speed(trials: list[Trial]) -> list[Trial]:
     return ranked
 
 
+class Measures:
+    """What has been measured of one model on this machine: each option's trial and the reference's outputs, in
+    one file (`cache_file`) and a `.npz` beside it. Any set of options reads what it shares with another: a
+    restart with another --precision or --backend measures only what was never measured. Writers merge, so two
+    servers measuring the same model at once lose nothing."""
+
+    def __init__(self, cache_file: Path | None):
+        self.file = cache_file
+        self.trials: dict[Option, Trial] = {}
+        self.reference: list[np.ndarray] | None = None
+        if cache_file is None:
+            return
+        try:
+            if cache_file.exists():
+                for t in json.loads(cache_file.read_text())["trials"]:
+                    trial = Trial(Option(**t.pop("option")), **t)
+                    self.trials[trial.option] = trial
+            ref = cache_file.with_suffix(".npz")
+            if ref.exists():
+                with np.load(ref) as z:
+                    self.reference = [z[f"g{i}"] for i in range(len(z.files))]
+        except (ValueError, KeyError, TypeError, OSError, EOFError):
+            log.warning("ignoring unreadable backend measurements in %s", cache_file)
+            self.trials, self.reference = {}, None
+
+    def trial(self, option: Option, gate: bool) -> Trial:
+        """The option's saved measurements (its verdict for this request's gate), or a fresh Trial."""
+        t = self.trials.get(option)
+        if t is None:
+            return Trial(option, gated=gate)
+        t = Trial(**{**asdict(t), "option": option, "gated": gate})
+        t.passed = t.judged and (t.agrees or not gate)
+        return t
+
+    def save(self, trials: Sequence[Trial], reference: list[np.ndarray] | None) -> None:
+        if self.file is None:
+            return
+        merged = Measures(self.file).trials  # what another process saved meanwhile
+        merged.update({t.option: t for t in trials if t.items_per_second or t.judged or t.error})
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(f"{self.file.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"trials": [asdict(t) for t in merged.values()]}, indent=1, default=str))
+        tmp.rename(self.file)
+        if reference is not None and self.reference is None:
+            tmp = self.file.with_name(f"{self.file.stem}.{os.getpid()}.npz")
+            np.savez(tmp, **{f"g{i}": r for i, r in enumerate(reference)})
+            tmp.rename(self.file.with_suffix(".npz"))
+
+
 def choose(kind: str, options: Sequence[Option], build: Callable[[Option], object], groups: Sequence[Sequence],
            timing: Sequence[Sequence], *, max_items: int, max_tokens: int, gate: bool = True, repeats: int = 2,
            cache_file: Path | None = None) -> tuple[Choice, object | None]:
-    """The fastest of `options` that passes the gate, and its backend (None when the choice came from the cache:
-    build it then). `build(option)` makes a backend with `.measure(items)` (token counts) and `.run(batch)`;
-    `groups` are the calibration groups the gate judges, `timing` those speed is timed on, both cut into batches
-    of at most `max_items` items and `max_tokens` padded tokens. An option whose build or run fails is reported
-    and skipped."""
-    if cache_file is not None and cache_file.exists():
+    """The fastest of `options` that passes the gate, and its backend (None when nothing had to be built: build
+    it then). `build(option)` makes a backend with `.measure(items)` (token counts) and `.run(batch)`; `groups`
+    are the calibration groups the gate judges, `timing` those speed is timed on, both cut into batches of at
+    most `max_items` items and `max_tokens` padded tokens. An option whose build or run fails is reported and
+    skipped. With `cache_file`, what was measured before on this model is reused (Measures) and what is
+    measured now is added."""
+    with _measuring(cache_file):
+        return _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, cache_file)
+
+
+@contextlib.contextmanager
+def _measuring(cache_file: Path | None):
+    """One process measures a model at a time: a second server starting beside it (a fleet on one host, a test
+    run in parallel) waits, then reads back what the first measured instead of timing it again, contended."""
+    if cache_file is None:
+        yield
+        return
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            saved = json.loads(cache_file.read_text())
-            choice = Choice(Option(**saved["option"]), [Trial(Option(**t.pop("option")), **t)
-                                                        for t in saved["trials"]], str(cache_file))
-            if choice.option in options:
-                return choice, None
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring an unreadable backend choice in %s", cache_file)
-    reference_backend = build(REFERENCE)
-    judged = _Workload(groups, reference_backend.measure, max_items, max_tokens)
-    timed = _Workload(timing, reference_backend.measure, max_items, max_tokens)
-    trials = [Trial(o, gated=gate) for o in options]
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, cache_file):
+    saved = Measures(cache_file)
+    trials = [saved.trial(o, gate) for o in options]
+    made: dict[Option, object] = {}  # backends built in this call, released as soon as they are not needed
+
+    def backend_for(option: Option):
+        if option not in made:
+            made[option] = build(option)
+        return made[option]
+
+    work: dict[str, _Workload] = {}
+
+    def workload(name: str, items: Sequence[Sequence], backend) -> _Workload:
+        if name not in work:  # cut once, by the token counts of the first backend at hand (one tokenizer)
+            work[name] = _Workload(items, backend.measure, max_items, max_tokens)
+        return work[name]
+
+    def run(name: str, items: Sequence[Sequence], option: Option) -> list[np.ndarray]:
+        backend = backend_for(option)
+        return workload(name, items, backend).run(backend)
+
+    def fail(trial: Trial, exc: Exception) -> None:  # an option this model cannot run (causal LM on OpenVINO)
+        trial.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+    measured: dict[Option, None] = {}
     for trial in trials if len(trials) > 1 else ():  # 1: speed, one option alive at a time (none to rank: skip)
-        try:
-            backend = reference_backend if trial.option == REFERENCE else build(trial.option)
-            trial.items_per_second = timed.items / timed.seconds(backend, repeats)
-        except Exception as exc:  # an option this model cannot run (causal LM on OpenVINO, missing package)
-            trial.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        backend = None
-    reference = judged.run(reference_backend)
-    best, best_backend = None, None
-    for trial in _by_speed([t for t in trials if not t.error]):  # 2: accuracy, fastest first
-        try:
-            backend = reference_backend if trial.option == REFERENCE else build(trial.option)
-            _judge(kind, trial, reference, reference if trial.option == REFERENCE else judged.run(backend))
-        except Exception as exc:
-            trial.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        if trial.items_per_second or trial.error:
             continue
+        measured[trial.option] = None
+        try:
+            backend = backend_for(trial.option)
+            timed = workload("timing", timing, backend)
+            trial.items_per_second = timed.items / timed.seconds(backend, repeats)
+        except Exception as exc:
+            fail(trial, exc)
+        if trial.option != REFERENCE:
+            made.pop(trial.option, None)
+        backend = None
+    reference = saved.reference
+    best = None
+    for trial in _by_speed([t for t in trials if not t.error]):  # 2: accuracy, fastest first
+        if not trial.judged:
+            measured[trial.option] = None
+            try:
+                if reference is None:
+                    reference = run("judged", groups, REFERENCE)
+                got = reference if trial.option == REFERENCE else run("judged", groups, trial.option)
+                _judge(kind, trial, reference, got)
+            except Exception as exc:
+                fail(trial, exc)
+                continue
         trial.passed = trial.agrees or not gate
         if trial.passed:
-            best, best_backend = trial, backend
+            best = trial
             break
-    del reference_backend
+        made.pop(trial.option, None)
+    if measured:
+        saved.save(trials, reference)
     if best is None:
         raise RuntimeError("no backend could serve this model:\n" + "\n".join(t.row() for t in trials))
-    choice = Choice(best.option, trials)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"option": asdict(choice.option),
-                                   "trials": [asdict(t) for t in trials]}, indent=1, default=str))
-        tmp.rename(cache_file)
-        choice.cached_at = str(cache_file)
-    return choice, best_backend
+    return Choice(best.option, trials, str(cache_file or ""), tuple(measured)), made.get(best.option)

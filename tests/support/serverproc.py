@@ -16,6 +16,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parents[2]
 
 
+def record_start(seconds: float, flags: tuple[str, ...]) -> None:
+    """Note a start's cost for the suite's summary (tests/conftest.py), in a file every test process appends to
+    (TANDEM_TEST_STARTS: pytest-xdist runs several); nothing when it is not set."""
+    path = os.environ.get("TANDEM_TEST_STARTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{seconds:.2f}\t{' '.join(flags)}\n")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -30,6 +39,7 @@ class ServerProcess:
         self.metrics_port = free_port()
         # HTTP on a free port unless the flags say otherwise (`--http-port 0` turns it off).
         self.http_port = int(args[args.index("--http-port") + 1]) if "--http-port" in args else free_port()
+        self.flags = tuple(args)
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-host", "127.0.0.1",
                      "--metrics-port", str(self.metrics_port), "--http-host", "127.0.0.1",
                      *([] if "--http-port" in args else ["--http-port", str(self.http_port)]), *args]
@@ -50,6 +60,7 @@ class ServerProcess:
     # The first start of a model on a machine measures its backends (--backend auto): minutes on a slow CPU.
     def start(self, timeout: float = 600, wait: bool = True) -> "ServerProcess":
         self._log = open(self.log_path, "ab")
+        self._spawned = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "tandem.server.cli", "serve", *self.args], cwd=REPO,
                                      env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
@@ -66,6 +77,7 @@ class ServerProcess:
                 with ch:
                     r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        record_start(time.monotonic() - self._spawned, self.flags)
                         return
             except grpc.RpcError:
                 pass
