@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -19,18 +20,29 @@ os.environ.setdefault("TANDEM_TEST_STARTS", tempfile.mkstemp(prefix="tandem-test
 
 
 @pytest.fixture(scope="session")
-def ckpt_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("checkpoints")
+def ckpt_dir() -> Path:
+    """The checkpoints the tests build, in the suite's cache folder: every pytest-xdist worker serves the same
+    files, so what one worker's servers measured of a model (keyed by its path) the others read back."""
+    d = Path(os.environ["TANDEM_CACHE_DIR"]) / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _built_once(build, out: Path) -> str:
+    """build(out), by one worker at a time: the others wait, then find it built."""
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(out)
 
 
 @pytest.fixture(scope="session")
 def tiny_ce(ckpt_dir) -> str:
-    return tiny_cross_encoder(ckpt_dir / "tiny-ce")
+    return _built_once(tiny_cross_encoder, ckpt_dir / "tiny-ce")
 
 
 @pytest.fixture(scope="session")
 def minilm_ce(ckpt_dir) -> str:
-    return minilm_cross_encoder(ckpt_dir / "minilm-ce")
+    return _built_once(minilm_cross_encoder, ckpt_dir / "minilm-ce")
 
 
 @pytest.fixture

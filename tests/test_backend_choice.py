@@ -253,7 +253,7 @@ def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):
 
 def test_onnx_int8_asked_for_logs_its_agreement(minilm_ce, caplog):
     # In the suite's cache: what this measures (the reference's outputs, int8's loss), the servers of
-    # tests/test_precision.py read back.
+    # tests/test_precision_served.py read back.
     cache = os.environ["TANDEM_CACHE_DIR"]
     caplog.set_level(logging.INFO, logger="tandem.server.models")
     b = load_reranker(minilm_ce, "cpu", False, "int8", "onnxruntime", cache)

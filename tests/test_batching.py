@@ -24,7 +24,7 @@ CAPACITY = 64
 def ce_server(make_module_server, minilm_ce, tmp_path_factory):
     d = tmp_path_factory.mktemp("ce-server")
     # torch fp32: batching must not move a score at all (1e-4), against sentence-transformers' own predict;
-    # one option, so nothing is measured at start. Other backends and precisions: tests/test_precision.py.
+    # one option, so nothing is measured at start. Other backends and precisions: tests/test_precision_served.py.
     # An idle model waits up to 300 ms for a batch to fill, so a burst shares batches however fast
     # this CPU finishes each one (with no wait, a quick model can take the burst one request at a time).
     s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", "fp32",

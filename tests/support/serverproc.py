@@ -15,6 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Flags for a server whose test is not about the backend choice: one option (torch fp32, the reference), so
+# nothing is measured at start; the choice itself is tested in tests/test_backend_choice.py, and every other
+# option is served in tests/test_precision_served.py.
+ONE_OPTION = ("--backend", "torch", "--precision", "fp32")
+
 
 def record_start(seconds: float, flags: tuple[str, ...]) -> None:
     """Note a start's cost for the suite's summary (tests/conftest.py), in a file every test process appends to
