@@ -14,7 +14,7 @@ from sentence_transformers import CrossEncoder
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
 from tests.support.data import load_beir
 from tests.support.metricsparse import histogram_buckets, value
-from tests.support.serverproc import ServerProcess
+from tests.support.serverproc import REFERENCE_RERANKER, ServerProcess
 
 MAX_BATCH = 8
 CAPACITY = 64
@@ -23,12 +23,12 @@ CAPACITY = 64
 @pytest.fixture(scope="module")
 def ce_server(make_module_server, minilm_ce, tmp_path_factory):
     d = tmp_path_factory.mktemp("ce-server")
-    # torch fp32: batching must not move a score at all (1e-4), against sentence-transformers' own predict;
-    # one option, so nothing is measured at start. Other backends and precisions: tests/test_precision_served.py.
+    # torch fp32: batching must not move a score at all (1e-4), against sentence-transformers' own predict
+    # (tests/support/serverproc.py). Other backends and precisions: tests/test_precision_served.py.
     # An idle model waits up to 300 ms for a batch to fill, so a burst shares batches however fast
     # this CPU finishes each one (with no wait, a quick model can take the burst one request at a time).
-    s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), "--precision", "fp32",
-                           "--backend", "torch", "--max-batch-pairs", str(MAX_BATCH), "--queue-capacity", str(CAPACITY),
+    s = make_module_server("--reranker", minilm_ce, "--milvus-uri", str(d / "m.db"), *REFERENCE_RERANKER,
+                           "--max-batch-pairs", str(MAX_BATCH), "--queue-capacity", str(CAPACITY),
                            "--max-wait-ms", "300", "--max-documents-per-request", "48", dir=d)
     yield s
     s.terminate()

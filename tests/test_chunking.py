@@ -19,7 +19,7 @@ from tandem.v1 import document_pb2, index_pb2, rerank_pb2, search_pb2
 from tests.support.checkpoints import bundled_encoder
 from tests.support.stubs import Stubs
 from tests.support.longdocs import cranfield, lengthen
-from tests.support.serverproc import ServerProcess
+from tests.support.serverproc import REFERENCE_RERANKER, ServerProcess
 
 CHUNKING = index_pb2.Chunking(max_tokens=128, overlap_tokens=16)
 # The module's server embeds some thousand passages: on a CPU three times slower than the dev VM that is
@@ -37,8 +37,8 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def srv(make_module_server, tmp_path_factory, minilm_ce):
     d = tmp_path_factory.mktemp("chunking")
-    s = make_module_server("--reranker", minilm_ce, "--precision", "fp32", "--backend", "torch",
-                           "--milvus-uri", str(d / "m.db"), "--max-windows-per-document", "12", dir=d)
+    s = make_module_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--milvus-uri", str(d / "m.db"),
+                           "--max-windows-per-document", "12", dir=d)
     yield s
     s.terminate()
 

@@ -16,6 +16,7 @@ import pytest
 from tandem.v1 import index_pb2_grpc
 from tests.support.http import call
 from tests.support.metricsparse import value
+from tests.support.serverproc import REFERENCE_RERANKER
 
 DOCS = ["wing stall at high incidence", "hypersonic heat transfer", "laminar boundary layer"]
 COHERE = lambda b: isinstance(b, dict) and isinstance(b.get("message"), str) and b["message"]  # noqa: E731
@@ -113,8 +114,7 @@ def test_every_route_but_health_needs_a_token(guarded):
 
 
 def test_a_disconnected_client_drops_its_queued_work(make_server, minilm_ce):
-    s = make_server("--reranker", minilm_ce, "--precision", "fp32", "--backend", "torch", "--warmup", "false",
-                    "--max-batch-pairs", "8")
+    s = make_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--warmup", "false", "--max-batch-pairs", "8")
     url = s.http_url
     docs = [f"document {i} about the flow past a circular cylinder at moderate reynolds numbers" * 4
             for i in range(256)]

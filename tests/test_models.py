@@ -20,9 +20,10 @@ from tests.support.checkpoints import bundled_encoder, tiny_causal_reranker, tin
 from tests.support.data import load_beir
 from tests.support.stubs import Stubs
 from tests.support.metricsparse import samples, value
-from tests.support.serverproc import ONE_OPTION, REPO, ServerProcess
+from tests.support.serverproc import REPO, ServerProcess
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+FP32 = ("--backend", "torch", "--precision", "fp32")  # one option per model: nothing measured at start
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ def test_worker_metrics_carry_the_model_label(multi, ms):
 
 def test_collection_whose_embedder_is_not_loaded_fails_precondition(make_server, tmp_path, small_emb):
     db = str(tmp_path / "m.db")
-    a = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *ONE_OPTION,
+    a = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *FP32,
                     "--embedder", f"small={small_emb}", "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "a")
     try:
         with a.channel() as ch:
@@ -258,7 +259,7 @@ def test_collection_whose_embedder_is_not_loaded_fails_precondition(make_server,
     # Without `small`; then with `small` pointing to a 384-dimensional model.
     for extra, words in (([], ["'small'", "--embedder small="]),
                          (["--embedder", f"small={bundled_encoder()}"], ["64-dimensional", "384-dimensional"])):
-        b = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *ONE_OPTION, *extra,
+        b = make_server("--reranker", "none", "--embedder", DEFAULT_EMBEDDER, *FP32, *extra,
                           "--milvus-uri", db, "--warmup", "false", dir=tmp_path / "b")
         try:
             with b.channel() as ch:

@@ -11,7 +11,7 @@ import pytest
 
 from tandem import AsyncClient, Client, Document, F, TandemError
 from tests.support.data import load_beir
-from tests.support.serverproc import ONE_OPTION, ServerProcess
+from tests.support.serverproc import REFERENCE_RERANKER, ServerProcess
 
 
 def _docs(n: int = 150) -> list[dict]:
@@ -116,11 +116,11 @@ def test_calls_survive_a_server_restart(make_server, tmp_path, tiny_ce):
 
 @pytest.mark.timeout(1800)  # the busy call takes seconds here, minutes on a slow machine
 def test_overload_is_retried_for_idempotent_calls_only(make_server, tmp_path, minilm_ce):
-    s = make_server("--reranker", minilm_ce, *ONE_OPTION, "--milvus-uri", str(tmp_path / "m.db"),
+    s = make_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--milvus-uri", str(tmp_path / "m.db"),
                     "--max-concurrent-requests", "1", "--warmup", "false", dir=tmp_path)
     try:
-        # 240 long pairs: seconds of work on any CPU, while the two calls below take milliseconds to be answered.
-        docs = [" ".join(d["text"] for d in _docs(12)[i:i + 3]) for i in range(8)] * 30
+        # 120 long pairs: seconds of work on any CPU (torch fp32), while the two calls below take milliseconds.
+        docs = [" ".join(d["text"] for d in _docs(12)[i:i + 3]) for i in range(8)] * 15
         # Deadlines, not attempt counts, bound the wait: the retried call outlasts the busy one on any machine.
         with Client(s.target, timeout=1500) as busy, Client(s.target, timeout=1500) as c:
             t = threading.Thread(target=lambda: busy.rerank("slow", docs))

@@ -18,7 +18,7 @@ from tandem.v1 import (document_pb2, embed_pb2, embed_pb2_grpc, index_pb2, index
 from tests.support.data import load_beir
 from tests.support.metricsparse import value
 from tests.support.milvus import MilvusLite, wait_for
-from tests.support.serverproc import ONE_OPTION, ServerProcess, free_port
+from tests.support.serverproc import REFERENCE_RERANKER, ServerProcess, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -87,7 +87,7 @@ def test_nan_scores_fail_only_the_affected_batch(make_server, tmp_path, tiny_ce)
     with torch.no_grad():
         ce.model.base_model.embeddings.word_embeddings.weight[token] = float("nan")
     ce.save(str(poisoned))
-    s = make_server("--reranker", str(poisoned), *ONE_OPTION,
+    s = make_server("--reranker", str(poisoned), *REFERENCE_RERANKER,
                     "--milvus-uri", str(tmp_path / "m.db"), "--warmup", "false", dir=tmp_path)
     try:
         with s.channel() as ch:
@@ -107,7 +107,7 @@ def test_nan_scores_fail_only_the_affected_batch(make_server, tmp_path, tiny_ce)
 @pytest.fixture(scope="module")
 def slow(make_module_server, minilm_ce, tmp_path_factory, corpus):
     d = tmp_path_factory.mktemp("slow")
-    s = make_module_server("--reranker", minilm_ce, *ONE_OPTION, "--milvus-uri", str(d / "m.db"),
+    s = make_module_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--milvus-uri", str(d / "m.db"),
                            "--max-batch-pairs", "16", "--queue-capacity", "400", "--grace-seconds", "60", dir=d)
     with s.channel() as ch:
         index_pb2_grpc.IndexServiceStub(ch).CreateCollection(index_pb2.CreateCollectionRequest(collection="c"))
@@ -214,7 +214,7 @@ def test_deadline_storm_leaves_nothing_behind(slow, corpus):
 
 
 def test_sigterm_drains_every_accepted_request(make_server, minilm_ce, tmp_path, corpus):
-    s = make_server("--reranker", minilm_ce, *ONE_OPTION, "--milvus-uri", str(tmp_path / "m.db"),
+    s = make_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--milvus-uri", str(tmp_path / "m.db"),
                     "--grace-seconds", "60", "--warmup", "false", dir=tmp_path)
     docs = [d.text for d in documents(corpus[:60])]
     with s.channel() as ch:
@@ -249,7 +249,7 @@ def test_sigterm_drains_every_accepted_request(make_server, minilm_ce, tmp_path,
 def test_sigterm_reports_not_serving_keeps_serving_then_degrades_searches(make_server, tmp_path, minilm_ce, corpus):
     """A mesh's view of a rolling restart: health NOT_SERVING at once, calls still answered for the drain delay,
     then Searches whose rerank would outlast the grace return their recall results, flagged degraded."""
-    s = make_server("--reranker", minilm_ce, *ONE_OPTION, "--milvus-uri",
+    s = make_server("--reranker", minilm_ce, *REFERENCE_RERANKER, "--milvus-uri",
                       str(tmp_path / "m.db"), "--drain-delay-seconds", "3", "--grace-seconds", "4",
                       "--warmup", "false", dir=tmp_path)
     with s.channel() as ch:

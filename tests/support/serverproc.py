@@ -15,10 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Flags for a server whose test is not about the backend choice: one option (torch fp32, the reference), so
-# nothing is measured at start; the choice itself is tested in tests/test_backend_choice.py, and every other
-# option is served in tests/test_precision_served.py.
-ONE_OPTION = ("--backend", "torch", "--precision", "fp32")
+# Flags for a server whose test is not about the backend choice: the reranker runs the reference option (torch
+# fp32: one option, nothing measured), the embedder torch at the precision measured for it (once a run, read
+# back after). The choice itself: tests/test_backend_choice.py; every other option served:
+# tests/test_precision_served.py.
+REFERENCE_RERANKER = ("--backend", "torch", "--reranker-precision", "fp32")
 
 
 def record_start(seconds: float, flags: tuple[str, ...]) -> None:
