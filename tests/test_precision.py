@@ -12,41 +12,33 @@ import sys
 import numpy as np
 import pytest
 
-from tandem.server.precision import Precision, cpu_bf16_flag, plan
+from tandem.server.precision import Precision, plan
 from tandem.workers.backend_choice import Option
 from tests.support.data import load_beir
+from tests.support.precision import cranfield_texts, needs_bf16, reference
 from tests.support.serverproc import REPO
-
-needs_bf16 = pytest.mark.skipif(not cpu_bf16_flag(), reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
 
 
 @pytest.fixture(scope="module")
 def cranfield():
-    corpus, queries = load_beir("cranfield", limit=300)
-    return [q["text"] for q in queries], [f"{d['title']} {d['text']}".strip() for d in corpus if d["text"].strip()]
-
-
-def _reference(path: str, prec: str, backend: str = "torch", cache_dir: str = ""):
-    from tandem.server.models import load_reranker
-
-    return load_reranker(path, "cpu", False, Precision(prec, "test"), backend, cache_dir)
+    return cranfield_texts()
 
 
 def test_openvino_ir_is_converted_once_and_cached(minilm_ce, tmp_path):
     import time
 
     first = time.perf_counter()
-    a = _reference(minilm_ce, "fp32", "openvino", str(tmp_path))
+    a = reference(minilm_ce, "fp32", "openvino", str(tmp_path))
     first = time.perf_counter() - first
     (xml,) = list(tmp_path.rglob("model.xml"))
     stamp = xml.stat().st_mtime_ns
     again = time.perf_counter()
-    b = _reference(minilm_ce, "fp32", "openvino", str(tmp_path))
+    b = reference(minilm_ce, "fp32", "openvino", str(tmp_path))
     again = time.perf_counter() - again
     assert xml.stat().st_mtime_ns == stamp and len(list(tmp_path.rglob("model.xml"))) == 1  # reused, not rebuilt
     assert again < first
     pairs = [("wing flutter", "flutter of a swept wing at transonic speed"), ("heat", "a cold plate")]
-    torch_fp32 = _reference(minilm_ce, "fp32").run(pairs)
+    torch_fp32 = reference(minilm_ce, "fp32").run(pairs)
     assert a.run(pairs) == pytest.approx(torch_fp32, abs=1e-5) and b.run(pairs) == pytest.approx(torch_fp32, abs=1e-5)
 
 
@@ -72,7 +64,7 @@ def test_bf16_ranks_like_fp32(minilm_ce, cranfield):
     pairs = [(q, d[:600]) for q, ds in groups for d in ds]
     scores = {}
     for prec in ("fp32", "bf16"):
-        b = _reference(minilm_ce, prec)
+        b = reference(minilm_ce, prec)
         scores[prec] = np.concatenate([b.run(pairs[i:i + 10]) for i in range(0, len(pairs), 10)])
     assert spearmanr(scores["fp32"], scores["bf16"]).correlation >= 0.999
     same_top = np.mean([np.argmax(scores["fp32"][i:i + 10]) == np.argmax(scores["bf16"][i:i + 10])

@@ -19,23 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tandem.server.precision import Precision, cpu_bf16_flag
 from tandem.v1 import rerank_pb2, rerank_pb2_grpc
-from tests.support.data import load_beir
-
-needs_bf16 = pytest.mark.skipif(not cpu_bf16_flag(), reason="this CPU has no native bf16 (avx512_bf16/amx_bf16)")
+from tests.support.precision import cranfield_texts, needs_bf16, reference
 
 
 @pytest.fixture(scope="module")
 def cranfield():
-    corpus, queries = load_beir("cranfield", limit=300)
-    return [q["text"] for q in queries], [f"{d['title']} {d['text']}".strip() for d in corpus if d["text"].strip()]
-
-
-def _reference(path: str, prec: str, backend: str = "torch", cache_dir: str = ""):
-    from tandem.server.models import load_reranker
-
-    return load_reranker(path, "cpu", False, Precision(prec, "test"), backend, cache_dir)
+    return cranfield_texts()
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +55,7 @@ def test_served_scores_equal_the_same_backend_alone(served, minilm_ce, cranfield
     reqs = [rerank_pb2.RerankRequest(query=rng.choice(queries),
                                      documents=[d[: rng.randint(30, 900)] for d in rng.sample(docs, 4)])
             for _ in range(16)]
-    ref = _reference(minilm_ce, prec, backend, ov_cache)
+    ref = reference(minilm_ce, prec, backend, ov_cache)
     with s.channel() as ch:
         stub = rerank_pb2_grpc.RerankServiceStub(ch)
         from tandem.v1 import info_pb2, info_pb2_grpc
