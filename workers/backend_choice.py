@@ -233,8 +233,8 @@ def _by_speed(trials: list[Trial]) -> list[Trial]:
 class Measures:
     """What has been measured of one model on this machine: each option's trial and the reference's outputs, in
     one file (`cache_file`) and a `.npz` beside it. Any set of options reads what it shares with another: a
-    restart with another --precision or --backend measures only what was never measured. Writers merge, so two
-    servers measuring the same model at once lose nothing."""
+    restart with another --precision or --backend measures only what was never measured. Read and written under
+    `_measuring`'s lock, so what one process saves the next reads whole."""
 
     def __init__(self, cache_file: Path | None):
         self.file = cache_file
@@ -267,7 +267,7 @@ class Measures:
     def save(self, trials: Sequence[Trial], reference: list[np.ndarray] | None) -> None:
         if self.file is None:
             return
-        merged = Measures(self.file).trials  # what another process saved meanwhile
+        merged = dict(self.trials)  # the options this call did not ask for stay as they were
         merged.update({t.option: t for t in trials if t.items_per_second or t.judged or t.error})
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f"{self.file.stem}.{os.getpid()}.tmp")
@@ -301,11 +301,8 @@ def _measuring(cache_file: Path | None):
         return
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with open(cache_file.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, cache_file):
