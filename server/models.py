@@ -174,11 +174,26 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
         loaded, reason = _choose(kind, build, r, dev, plan, cache_dir, name_)
     log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, name_, r.path, r.source,
              loaded.device, loaded.backend, loaded.precision, reason, loaded.parameter_bytes / 2**20)
-    c = passes.calibrate(loaded)
-    log.info("%s %s: a forward pass costs %.2f ms + %.1f us per padded token, so a batch is split where its "
-             "padding would cost more than %.0f tokens", kind, name_, c.fixed_seconds * 1e3,
-             c.token_seconds * 1e6, c.overhead_tokens)
+    cache_file = _pass_cost_file(loaded, r, kind, cache_dir)
+    c, now = passes.calibrate(loaded, cache_file=cache_file)
+    log.info("%s %s: a forward pass costs %.2f ms + %.1f us per padded token (%s), so a batch is split where its "
+             "padding would cost more than %.0f tokens", kind, name_, c.fixed_seconds * 1e3, c.token_seconds * 1e6,
+             "measured now" if now else f"measured before, read from {cache_file}", c.overhead_tokens)
     return loaded
+
+
+def _pass_cost_file(loaded, r: "Resolved", kind: str, cache_dir: str) -> Path:
+    """Where this model's pass cost on this backend, precision, device and machine is cached."""
+    import torch
+
+    from tandem.server import precision as prec_mod
+    from tandem.workers.exported import default_cache_dir, model_key
+
+    device = str(loaded.device)
+    where = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else prec_mod.cpu_identity()
+    key = model_key(r.path, kind, loaded.backend, loaded.precision, device, where,
+                    f"threads {torch.get_num_threads()}", *(f"{m} {_version(m)}" for m in _VERSIONED))
+    return Path(cache_dir or default_cache_dir()) / "passes" / f"{key}.json"
 
 
 def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, name: str):
@@ -191,8 +206,7 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
     from tandem.workers import calibration
     from tandem.workers.exported import default_cache_dir, model_key
 
-    versions = [f"{m} {_version(m)}" for m in ("torch", "openvino", "onnxruntime", "sentence_transformers",
-                                               "transformers")]
+    versions = [f"{m} {_version(m)}" for m in _VERSIONED]
     # Judged and timed in batches cut as the server's default limits on this device cut them.
     if kind == "reranker":
         groups = [[(q, p) for p in ps] for q, ps in calibration.groups()]
@@ -226,6 +240,9 @@ def _torch_only(path: str) -> bool:
     except (OSError, ValueError):
         return False
     return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+_VERSIONED = ("torch", "openvino", "onnxruntime", "sentence_transformers", "transformers")
 
 
 def _version(module: str) -> str:

@@ -19,6 +19,17 @@ os.environ.setdefault("TANDEM_CACHE_DIR", tempfile.mkdtemp(prefix="tandem-test-c
 os.environ.setdefault("TANDEM_TEST_STARTS", tempfile.mkstemp(prefix="tandem-test-starts-", suffix=".tsv")[1])
 
 
+def pytest_configure(config):
+    # pytest-xdist runs one worker per core: each worker's own torch work (the models tests load in-process) then
+    # takes one thread, since two teams of two on two cores lose about a quarter to waiting on each other's
+    # threads (measured on the 2-core CI VM). Servers keep the product's default, their thread team adapting.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def ckpt_dir() -> Path:
     """The checkpoints the tests build, in the suite's cache folder: every pytest-xdist worker serves the same

@@ -217,10 +217,12 @@ def test_auto_serves_a_measured_choice_and_reuses_it(tiny_ce, tmp_path, caplog):
     (saved,) = list((tmp_path / "choices").glob("*.json"))
     option = {"backend": first.backend, "precision": first.precision}
     assert "measured now: torch fp32" in caplog.text and "onnxruntime int8" in caplog.text
+    assert "per padded token (measured now)" in caplog.text
     caplog.clear()
     stamp = saved.stat().st_mtime_ns
     again = load_reranker(tiny_ce, "cpu", False, "auto", "auto", str(tmp_path))
     assert "cached in" in caplog.text and "measured now" not in caplog.text and saved.stat().st_mtime_ns == stamp
+    assert again.pass_cost == first.pass_cost and "per padded token (measured before" in caplog.text
     assert (again.backend, again.precision) == (first.backend, first.precision)
     pairs = calibration.pairs()[:8]
     assert np.allclose(first.run(pairs), again.run(pairs), atol=1e-6)

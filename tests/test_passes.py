@@ -4,6 +4,7 @@ and a split batch scores exactly what the pairs score alone."""
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 import math
 import time
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from tests.support.data import load_beir
 from tandem.workers import Batcher, BatchLimits, BackendError
 from tandem.workers.compute import compute_pool
-from tandem.workers.passes import PassCost, fit_pass_cost, split
+from tandem.workers.passes import PassCost, calibrate, fit_pass_cost, split
 
 
 def _cost(lengths, ends, overhead):
@@ -82,6 +83,44 @@ def test_measure_recovers_a_known_cost():
     assert 0.002 < c.fixed_seconds < 0.008 and 0.00002 < c.token_seconds < 0.00008, c
     # Cost flat in tokens (a GPU with room): the fixed part outweighs any padding a batch can hold.
     assert fit_pass_cost(lambda batch: time.sleep(0.003), lambda batch: list(batch), [16], [512] * 4).overhead_tokens > 1000
+
+
+class _StandIn:
+    """A backend whose pass takes 4 ms + 40 us per padded token, counting its passes."""
+    pass_cost = None
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, batch):
+        self.runs += 1
+        time.sleep(0.004 + 0.00004 * max(batch) * len(batch))
+
+    def measure(self, batch):
+        return list(batch)
+
+    def calibration_batches(self):
+        return [16], list(range(18, 50, 2))
+
+
+def test_a_pass_cost_measured_before_is_read_back_and_the_shapes_only_warm_up(tmp_path, caplog):
+    saved = tmp_path / "passes" / "m.json"
+    first = _StandIn()
+    cost, now = calibrate(first, repeats=3, cache_file=saved)
+    assert now and first.pass_cost == cost and first.runs == 2 + 2 * 3 and saved.exists()
+    again = _StandIn()
+    assert calibrate(again, repeats=3, cache_file=saved) == (cost, False)
+    assert again.pass_cost == cost and again.runs == 2  # each shape once, as a warm-up
+    for bad in ("{not json", '{"fixed_seconds": -1, "token_seconds": 0}', '{"fixed_seconds": 1}'):
+        saved.write_text(bad)  # unreadable or unsound: measured again and rewritten
+        third = _StandIn()
+        c, now = calibrate(third, repeats=3, cache_file=saved)
+        assert now and third.runs == 8 and json.loads(saved.read_text())["fixed_seconds"] == c.fixed_seconds
+    # A cache folder that cannot be made (a file stands in its way): measured, served, and said once.
+    (tmp_path / "blocked").write_text("")
+    fourth = _StandIn()
+    c, now = calibrate(fourth, repeats=3, cache_file=tmp_path / "blocked" / "m.json")
+    assert now and fourth.pass_cost == c and caplog.text.count("could not cache the pass cost") == 1
 
 
 class Passes:

@@ -10,11 +10,17 @@ per-token part is near zero until the device is full, so a batch stays whole.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,40 @@ def split(lengths: Sequence[int], overhead_tokens: float) -> list[int]:
     return ends[::-1]
 
 
-def calibrate(backend, repeats: int = 9) -> PassCost:
-    """Time the backend's two calibration shapes (`calibration_batches`) and set its `pass_cost`."""
-    backend.pass_cost = fit_pass_cost(backend.run, backend.measure, *backend.calibration_batches(), repeats=repeats)
-    return backend.pass_cost
+def calibrate(backend, repeats: int = 9, cache_file: Path | None = None) -> tuple[PassCost, bool]:
+    """Time the backend's two calibration shapes (`calibration_batches`) and set its `pass_cost`; also whether it
+    was measured now. With `cache_file` (one per model, backend, precision and machine), a cost measured before
+    is read back and each shape only runs once, as a warm-up: a restart skips the 20 timed passes, and the
+    batcher refits the cost from the passes it runs anyway (CostFit). A cache that cannot be written is skipped."""
+    shapes = backend.calibration_batches()
+    cached = _read_cost(cache_file)
+    if cached is not None:
+        for b in shapes:
+            backend.run(b)
+        backend.pass_cost = cached
+        return cached, False
+    backend.pass_cost = fit_pass_cost(backend.run, backend.measure, *shapes, repeats=repeats)
+    if cache_file is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(asdict(backend.pass_cost)))
+            tmp.rename(cache_file)
+        except OSError as exc:
+            log.warning("could not cache the pass cost in %s (%s); it is measured again at the next start",
+                        cache_file, exc)
+    return backend.pass_cost, True
+
+
+def _read_cost(cache_file: Path | None) -> PassCost | None:
+    if cache_file is None:
+        return None
+    try:
+        cost = PassCost(**json.loads(cache_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in asdict(cost).values())
+    return cost if ok and cost.fixed_seconds > 0 else None
 
 
 def fit_pass_cost(run, measure_lengths, small: list[Any], large: list[Any], repeats: int = 9) -> PassCost:
