@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup serve test proto proto-check lint-proto check-deploy node-setup node-gen bench eval clean
+.PHONY: setup serve test browser proto proto-check lint-proto check-deploy node-setup node-gen bench eval clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,7 +36,15 @@ TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; ec
 test: setup
 	@if command -v npm >/dev/null && { [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d examples/node/gen ]; }; then \
 	  $(MAKE) --no-print-directory node-setup || echo "npm ci failed: the Node client suites will be skipped"; fi
-	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(MAKE) --no-print-directory browser || echo "no chromium: the console's browser tests will be skipped"; fi
+	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+
+# Debian's chromium, which the console's browser tests drive (Playwright's own browser download is not used).
+# Needs root and apt-get; elsewhere install a Chromium and set TANDEM_TEST_CHROMIUM to its binary.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # Regenerates tandem/v1/*_pb2*.py from proto/. Never edit the generated files.
 proto:
