@@ -233,11 +233,19 @@ class TandemServer:
         # Open (load) every collection now, in the background: the engine loads one lazily on first access,
         # which takes about 19 s at 300k documents, and the first user query should not pay for it.
         self._preload = asyncio.create_task(asyncio.to_thread(self._load_collections))
-        log.info("tandem serving gRPC on %s%s (HTTP %s, metrics :%s, storage %s, reranker %s, event loop %s)",
+        log.info("tandem serving gRPC on %s%s (HTTP %s, metrics :%s, storage %s, reranker %s, event loop %s)%s",
                  addr if cfg.port else f"{cfg.host}:{self.port}", " with TLS" if creds else "",
                  f"{cfg.http_host}:{self.http_port}" if self.http else "off", self.metrics_port, rt.store.kind,
                  ", ".join(rt.rerankers) or "NONE (recall-only)",
-                 type(asyncio.get_running_loop()).__module__.split(".")[0])
+                 type(asyncio.get_running_loop()).__module__.split(".")[0],
+                 f"; console {self.console_url()}" if self.http else "")
+
+    def console_url(self) -> str:
+        """The console's address as a browser on this machine reaches it."""
+        host = self.cfg.http_host
+        host = "localhost" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+        scheme = "https" if self.cfg.tls_cert else "http"
+        return f"{scheme}://{host}:{self.http_port}/console"
 
     def _load_collections(self) -> None:
         try:

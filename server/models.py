@@ -168,10 +168,14 @@ def _load(kind: str, model_cls, backend_cls, name: str, device: str, allow_downl
         log.warning("%s %s is a causal-LM reranker, which only the torch backend serves: %s instead of %s", kind,
                     name_, ", ".join(map(str, options)), ", ".join(map(str, plan.options)))
         plan = dataclasses.replace(plan, options=options)
+    choice, why = None, plan.reason
     if len(plan.options) == 1 and plan.options[0].precision != "int8":
         loaded, reason = build(plan.options[0]), plan.reason
     else:  # a choice to measure, or int8 asked for: its agreement with fp32 is measured and logged
-        loaded, reason = _choose(kind, build, r, dev, plan, cache_dir, name_)
+        loaded, reason, choice = _choose(kind, build, r, dev, plan, cache_dir, name_)
+        now = ", ".join(map(str, choice.measured))
+        why = f"{plan.reason}; " + (f"measured now: {now}" if now else "measured before on this machine")
+    loaded.choice, loaded.choice_reason = choice, why  # what Info reports (no server path in it)
     log.info("loaded %s %s from %s (%s) on %s: %s %s (%s), %.0f MiB of parameters", kind, name_, r.path, r.source,
              loaded.device, loaded.backend, loaded.precision, reason, loaded.parameter_bytes / 2**20)
     cache_file = _pass_cost_file(loaded, r, kind, cache_dir)
@@ -230,7 +234,7 @@ def _choose(kind: str, build, r: "Resolved", device: str, plan, cache_dir: str, 
     log.info("%s %s: %s, chosen %s (%s):\n%s", kind, name, plan.reason, choice.option, how, choice.table())
     if loaded is None:
         loaded = build(choice.option)
-    return loaded, f"{plan.reason}; {how}"
+    return loaded, f"{plan.reason}; {how}", choice
 
 
 def _torch_only(path: str) -> bool:

@@ -20,6 +20,7 @@ def query_of(request: search_pb2.SearchRequest) -> SearchQuery:
     return SearchQuery(
         collection=request.collection, query=request.query, mode=MODES[request.mode], top_n=request.top_n,
         recall_k=request.recall_k, filter=request.filter if request.HasField("filter") else None,
+        filter_text=request.filter_text,
         rerank=request.rerank if request.HasField("rerank") else None, reranker=request.reranker,
         stages=tuple(Stage(s.model, s.keep) for s in request.rerank_stages), require_rerank=request.require_rerank,
         exclude_text=request.exclude_text, rerank_depth=request.rerank_depth,

@@ -227,6 +227,7 @@ def _http_calls():
         ("GET", "/info", None, [("read", None)]),
         ("GET", "/v1/models", None, [("read", None)]),
         ("GET", "/openapi.json", None, []),
+        ("GET", "/metrics", None, []),  # any principal, as /openapi.json
         ("GET", "/health", None, None),  # public: served to anyone (auth_exempt_health)
         ("POST", conn + "RerankService/Rerank", {"query": "stall", "documents": ["wing stall"]}, [("read", None)]),
         ("POST", conn + "EmbedService/Embed", {"texts": ["wing"]}, [("read", None)]),

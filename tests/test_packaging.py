@@ -45,7 +45,8 @@ def test_the_wheel_installs_one_namespace(installed):
     assert tops == {"tandem", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}, tops
     assert not (purelib / "server").exists() and not (purelib / "workers").exists()
     for part in ("server/engine/rerank.py", "server/storage/recall.py", "server/http/routes.py", "workers/batcher.py",
-                 "workers/calibration.json"):
+                 "workers/calibration.json", "server/console/index.html", "server/console/console.js",
+                 "server/console/console.css"):
         assert (purelib / "tandem" / part).exists(), part
 
 
@@ -86,6 +87,9 @@ def test_cli_help_and_a_server_start_from_the_wheel(installed, tmp_path):
                 time.sleep(0.3)
         assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "server.log").read_text()[-3000:]
         assert call(f"http://127.0.0.1:{http_port}/health").status == 200  # the HTTP side, from the wheel too
+        console = call(f"http://127.0.0.1:{http_port}/console")  # the console's files ship in the wheel
+        assert console.status == 200 and b"console.js" in console.body, console.body[:300]
+        assert f"console http://127.0.0.1:{http_port}/console" in (tmp_path / "server.log").read_text()
     finally:
         proc.terminate()
         assert proc.wait(60) == 0, (tmp_path / "server.log").read_text()[-3000:]

@@ -85,12 +85,20 @@ def test_info(stubs, tiny_ce, server):
                                             ("openvino", "bf16"), ("onnxruntime", "fp32")}, m
         assert m.dtype == {"bf16": "bfloat16", "fp32": "float32"}[m.precision]
         assert f"chosen {m.backend} {m.precision} (" in server.log()
+        # Info carries the measured table: one option per row, the served one marked, each with the gate's verdict.
+        assert "measured" in m.choice or "cached" in m.choice, m.choice
+        chosen = [t for t in m.trials if t.chosen]
+        assert len(chosen) == 1 and (chosen[0].backend, chosen[0].precision) == (m.backend, m.precision), m.trials
+        assert chosen[0].judged and chosen[0].verdict in ("reference", "agrees"), chosen[0]
+        assert {(t.backend, t.precision) for t in m.trials} >= {("torch", "fp32")}
     assert kinds["embedder"].dimension == 384 and kinds["embedder"].source.startswith("package:")
     assert info.limits.max_documents_per_request == 256
     assert info.limits.queue_capacity == 512
     assert info.limits.max_batch_size == 32 and info.limits.max_batch_tokens == 1024  # auto on CPU
     assert info.limits.max_concurrent_requests == 512
     assert info.default_reranker == tiny_ce and info.storage == "milvus-lite"
+    # No access checks on this server: the caller is nobody in particular, and may do everything.
+    assert info.caller.principal == "" and list(info.caller.admin) == ["*"] and list(info.caller.write) == ["*"]
 
 
 def test_health_per_service(stubs):

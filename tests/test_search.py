@@ -139,6 +139,22 @@ def test_filters(stubs, collection):
     assert len(missing.hits) == 0
 
 
+def test_filter_text_reads_as_the_cli_writes_and_joins_the_structured_filter(stubs, collection):
+    q = "boundary layer"
+    structured = search(stubs, query=q, recall_k=50, top_n=50, rerank=False, filter=filter_pb2.Filter(
+        all=[cond("parity", Op.OPERATOR_EQ, "even"), cond("n", Op.OPERATOR_GTE, 20), cond("n", Op.OPERATOR_LT, 70)]))
+    text = search(stubs, query=q, recall_k=50, top_n=50, rerank=False, filter_text="parity = even; n >= 20\nn<70")
+    both = search(stubs, query=q, recall_k=50, top_n=50, rerank=False, filter_text="n >= 20; n<70",
+                  filter=filter_pb2.Filter(all=[cond("parity", Op.OPERATOR_EQ, "even")]))
+    assert structured.hits and [h.id for h in text.hits] == [h.id for h in structured.hits] == [h.id for h in both.hits]
+    assert all(int(h.id) % 2 == 0 and 20 <= int(h.id) < 70 for h in text.hits)
+    for bad, words in (("n >= 20; 7up = 1", "condition 2: cannot read filter '7up = 1'"),
+                       ("tag in ", "condition 1"), ("n = 1;" * 33, "limit is 32")):
+        with pytest.raises(grpc.RpcError) as e:
+            search(stubs, query=q, filter_text=bad)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details(), e.value.details()
+
+
 @pytest.mark.parametrize("f, words", [
     (filter_pb2.Filter(all=[cond('x"] or 1==1 or metadata["y', Op.OPERATOR_EQ, "a")]), "not a metadata key path"),
     (filter_pb2.Filter(all=[cond("id", Op.OPERATOR_UNSPECIFIED, "a")]), "unknown operator"),

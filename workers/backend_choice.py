@@ -102,12 +102,14 @@ class Trial:
         agree = (f"cosine >= {self.min_cosine:.5f}" if not math.isnan(self.min_cosine) else
                  f"{self.ndcg_mean:.5f} {self.ndcg_worst:.5f}  {self.top_loss:6.4f}  {self.spearman:.4f} "
                  f"{self.same_top:4.0%}" if not math.isnan(self.ndcg_mean) else "")
-        verdict = (f"failed: {self.error}" if self.error else
-                   "not judged (slower than the one chosen)" if not self.judged else
-                   "reference" if self.option == REFERENCE else "agrees" if self.agrees else
-                   "loses too much" + ("" if self.gated else ", not gated (asked for)"))
         speed = f"{self.items_per_second:7.1f}/s" if self.items_per_second else " " * 9
-        return f"{str(self.option):<17} {speed}  {agree:<44} {verdict}"
+        return f"{str(self.option):<17} {speed}  {agree:<44} {self.verdict()}"
+
+    def verdict(self) -> str:
+        return (f"failed: {self.error}" if self.error else
+                "not judged (slower than the one chosen)" if not self.judged else
+                "reference" if self.option == REFERENCE else "agrees" if self.agrees else
+                "loses too much" + ("" if self.gated else ", not gated (asked for)"))
 
 
 @dataclass

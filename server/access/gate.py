@@ -67,6 +67,15 @@ def readable(names: Iterable[str]) -> list[str]:
     return [n for n in names if call.principal.may(policies.READ, n)]
 
 
+def grants() -> tuple[str, dict[str, tuple[str, ...]]]:
+    """The current caller's principal and its collection globs per scope ("", every scope on "*" when auth is
+    off): what InfoResponse.caller reports."""
+    call = CALLER.get()
+    if call is None:
+        return "", {scope: ("*",) for scope in policies.SCOPES}
+    return call.principal.name, {scope: tuple(call.principal.grants.get(scope, ())) for scope in policies.SCOPES}
+
+
 class Gate:
     def __init__(self, path: str = "", tokens: set[str] = frozenset(), exempt_health: bool = True):
         self.path, self.tokens, self.exempt_health = path, set(tokens), exempt_health

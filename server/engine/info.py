@@ -28,6 +28,24 @@ class Model:
     precision: str
     backend: str
     parameter_bytes: int
+    choice: str = ""  # why this backend and precision
+    trials: tuple[Trial, ...] = ()  # the options measured at load, when there was a choice
+
+
+@dataclass(frozen=True)
+class Trial:
+    backend: str
+    precision: str
+    items_per_second: float
+    judged: bool
+    agrees: bool
+    ndcg_mean: float
+    ndcg_worst: float
+    top_loss: float
+    min_cosine: float
+    chosen: bool
+    error: str
+    verdict: str
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,17 @@ class ServerInfo:
 
 def models(rt: Runtime) -> list[Model]:
     return [Model(m.name, m.kind, str(m.device), m.max_length, m.source, getattr(m, "dimension", 0), m.dtype,
-                  m.precision, m.backend, getattr(m, "parameter_bytes", 0))
+                  m.precision, m.backend, getattr(m, "parameter_bytes", 0), getattr(m, "choice_reason", ""),
+                  _trials(getattr(m, "choice", None)))
             for m in (b.backend for b in [*rt.rerankers.values(), *rt.embedders.values()])]
+
+
+def _trials(choice) -> tuple[Trial, ...]:
+    if choice is None:
+        return ()
+    return tuple(Trial(t.option.backend, t.option.precision, t.items_per_second, t.judged, t.agrees, t.ndcg_mean,
+                       t.ndcg_worst, t.top_loss, t.min_cosine, t.option == choice.option, t.error, t.verdict())
+                 for t in choice.trials)
 
 
 def describe(rt: Runtime) -> ServerInfo:

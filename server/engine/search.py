@@ -11,6 +11,7 @@ from tandem.server.engine import cascade
 from tandem.server.engine.cascade import Stage, StageTiming
 from tandem.server.errors import invalid
 from tandem.server.runtime import Runtime
+from tandem.server.storage.filters import with_text
 from tandem.workers.recall import RecallQuery
 
 MODES = ("dense", "hybrid", "sparse")
@@ -25,6 +26,7 @@ class SearchQuery:
     top_n: int = 0  # 0: DEFAULT_TOP_N
     recall_k: int = 0  # 0: max(DEFAULT_RECALL_K, top_n)
     filter: object | None = None  # a tandem.v1.Filter: the contract's typed filter tree, as every transport parses it
+    filter_text: str = ""  # conditions in the CLI's words, joined with `filter`
     rerank: bool | None = None  # None: not said (on)
     reranker: str = ""
     stages: tuple[Stage, ...] = ()
@@ -129,6 +131,7 @@ class Retriever:
         rt, cfg, store = self.rt, self.rt.config, self.rt.store
         name = validation.collection(q.collection)
         validation.text("query", q.query, cfg.max_text_bytes)
+        validation.text("filter_text", q.filter_text, cfg.max_text_bytes, allow_empty=True)
         if q.mode not in MODES:
             raise invalid(f"mode {q.mode!r} is not a search mode; use one of {', '.join(MODES)}")
         top_n = q.top_n or DEFAULT_TOP_N
@@ -145,6 +148,6 @@ class Retriever:
         max_tokens = q.max_tokens_per_doc or default_tokens
         # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
         cached = store.cached_meta(name)
-        flt = store.compile_filter(q.filter, cached)
+        flt = store.compile_filter(with_text(q.filter, q.filter_text), cached)
         meta = cached or await asyncio.to_thread(store.meta, name)
         return name, meta, flt.for_collection(meta), stages, top_n, recall_k, depth, max_tokens

@@ -47,6 +47,7 @@ class Route:
     summary: str
     method: str = "POST"
     public: bool = False  # reachable without a token and outside the concurrency limit (health)
+    static: bool = False  # a file of the console: no data, so always reachable without a token (server/http/console.py)
     rule: Rule = Rule(READ)  # what the access policy asks of a caller (server/access/rules.py)
     body: tuple = ()  # body models to document, for a route that parses its body itself
     response: object = None  # the response model, for the OpenAPI document only (routes return bodies as built)
@@ -101,9 +102,9 @@ class Guard:
 
         gauge = metrics.IN_FLIGHT.labels(route.path)
         gauge.inc()
-        counted = not (route.public and self.exempt_public)
+        counted = not (route.static or route.public and self.exempt_public)
         entered, call = False, None
-        span = tracing.open_http(route.path, scope) if tracing.ON and not route.public else None
+        span = tracing.open_http(route.path, scope) if tracing.ON and not (route.public or route.static) else None
         try:
             problem = None
             if counted and self.gate.required:
@@ -233,7 +234,7 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
             extra = {"requestBody": {"required": True, "content": {JSON: {"schema": {"oneOf": [
                 {"$ref": f"#/components/schemas/{m.__name__}"} for m in r.body]}}}}}
         app.add_api_route(r.path, r.endpoint, methods=[r.method], summary=r.summary, tags=list(r.tags),
-                          openapi_extra=extra, response_model=r.response)
+                          openapi_extra=extra, response_model=r.response, include_in_schema=not r.static)
         table[(r.method, r.path)] = r
 
     def dialect(request: Request) -> Dialect:

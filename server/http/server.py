@@ -17,6 +17,7 @@ from tandem.server.engine import Engine
 from tandem.server.engine.info import tandem_version
 from tandem.server.http import routes
 from tandem.server.http.connect import ConnectRoutes
+from tandem.server.http.console import ConsoleRoutes
 from tandem.server.http.embed import EmbedRoutes
 from tandem.server.http.info import InfoRoutes
 from tandem.server.http.rerank import RerankRoutes
@@ -76,7 +77,8 @@ class HttpServer:
         self.ssl = ssl or {}
         self.serving = True
         table = [*RerankRoutes(engine).routes(), *EmbedRoutes(engine).routes(),
-                 *InfoRoutes(engine, lambda: self.serving).routes(), *ConnectRoutes(servicers, services, gate).routes()]
+                 *InfoRoutes(engine, lambda: self.serving).routes(), *ConnectRoutes(servicers, services, gate).routes(),
+                 *ConsoleRoutes().routes()]
         self.app = routes.build(table, gate, admission, cfg.max_message_bytes, cfg.auth_exempt_health,
                                 tandem_version())
         self._server: _Uvicorn | None = None

@@ -117,6 +117,26 @@ def _condition(c: filter_pb2.Condition, where: str, negate: bool = False, presen
     raise invalid(f"{where}.op: unknown operator {c.op}; use one of {', '.join(Op.keys()[1:])}")
 
 
+def with_text(f: filter_pb2.Filter | None, text: str) -> filter_pb2.Filter | None:
+    """`f` and the conditions of `text`, in the CLI's filter words (SearchRequest.filter_text): one per line or
+    separated by ';', all of which must hold."""
+    from tandem.filters import parse
+
+    parts = [p.strip() for p in re.split(r"[;\n]", text) if p.strip()]
+    if not parts:
+        return f
+    out = filter_pb2.Filter()
+    if f is not None:
+        out.CopyFrom(f)
+    for i, p in enumerate(parts):
+        try:
+            c = parse(p)
+        except ValueError as exc:
+            raise invalid(f"filter_text condition {i + 1}: {exc}") from None
+        out.all.append(c.proto())
+    return out
+
+
 def compile_filter(f: filter_pb2.Filter | None, presence: bool = True) -> str:
     """'' for no filter; otherwise an expression over `metadata` (and `present`) only."""
     if f is None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/info.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\r\n\x0bInfoRequest\"\xa6\x02\n\x06Limits\x12!\n\x19max_documents_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x05 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\x12\x14\n\x0cmax_recall_k\x18\x08 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\t \x01(\x01\x12\x14\n\x0crerank_depth\x18\n \x01(\r\x12\x1a\n\x12max_tokens_per_doc\x18\x0b \x01(\r\"\xad\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x06models\x18\x02 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x18\n\x10\x64\x65\x66\x61ult_reranker\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_embedder\x18\x05 \x01(\t\x12\x0f\n\x07storage\x18\x06 \x01(\t2F\n\x0bInfoService\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tandem/v1/info.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\r\n\x0bInfoRequest\"\xa6\x02\n\x06Limits\x12!\n\x19max_documents_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x05 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\r\x12\x14\n\x0cmax_recall_k\x18\x08 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\t \x01(\x01\x12\x14\n\x0crerank_depth\x18\n \x01(\r\x12\x1a\n\x12max_tokens_per_doc\x18\x0b \x01(\r\"\xd0\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x06models\x18\x02 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.tandem.v1.Limits\x12\x18\n\x10\x64\x65\x66\x61ult_reranker\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_embedder\x18\x05 \x01(\t\x12\x0f\n\x07storage\x18\x06 \x01(\t\x12!\n\x06\x63\x61ller\x18\x07 \x01(\x0b\x32\x11.tandem.v1.Caller\"G\n\x06\x43\x61ller\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04read\x18\x02 \x03(\t\x12\r\n\x05write\x18\x03 \x03(\t\x12\r\n\x05\x61\x64min\x18\x04 \x03(\t2F\n\x0bInfoService\x12\x37\n\x04Info\x12\x16.tandem.v1.InfoRequest\x1a\x17.tandem.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=75
   _globals['_LIMITS']._serialized_end=369
   _globals['_INFORESPONSE']._serialized_start=372
-  _globals['_INFORESPONSE']._serialized_end=545
-  _globals['_INFOSERVICE']._serialized_start=547
-  _globals['_INFOSERVICE']._serialized_end=617
+  _globals['_INFORESPONSE']._serialized_end=580
+  _globals['_CALLER']._serialized_start=582
+  _globals['_CALLER']._serialized_end=653
+  _globals['_INFOSERVICE']._serialized_start=655
+  _globals['_INFOSERVICE']._serialized_end=725
 # @@protoc_insertion_point(module_scope)

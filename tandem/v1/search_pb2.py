@@ -26,27 +26,27 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from tandem.v1 import filter_pb2 as tandem_dot_v1_dot_filter__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/search.proto\x12\ttandem.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16tandem/v1/filter.proto\"\xdc\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x10\n\x08recall_k\x18\x04 \x01(\r\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.tandem.v1.Filter\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.tandem.v1.SearchMode\x12\x13\n\x06rerank\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08reranker\x18\x08 \x01(\t\x12\x16\n\x0erequire_rerank\x18\t \x01(\x08\x12-\n\rrerank_stages\x18\n \x03(\x0b\x32\x16.tandem.v1.RerankStage\x12\x14\n\x0c\x65xclude_text\x18\x0b \x01(\x08\x12\x14\n\x0crerank_depth\x18\x0c \x01(\r\x12\x1a\n\x12max_tokens_per_doc\x18\r \x01(\rB\t\n\x07_rerank\"*\n\x0bRerankStage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04keep\x18\x02 \x01(\r\"\xb3\x01\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x14\n\x0crecall_score\x18\x05 \x01(\x02\x12\x13\n\x0brecall_rank\x18\x06 \x01(\r\x12\x0f\n\x07passage\x18\x07 \x01(\t\x12\x16\n\x0epassage_offset\x18\x08 \x01(\r\"\xa2\x01\n\rSearchTimings\x12\x15\n\rembed_seconds\x18\x01 \x01(\x01\x12\x16\n\x0erecall_seconds\x18\x02 \x01(\x01\x12\x16\n\x0ererank_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\x12\x33\n\rrerank_stages\x18\x05 \x03(\x0b\x32\x1c.tandem.v1.RerankStageTiming\"T\n\x11RerankStageTiming\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0e\n\x06scored\x18\x03 \x01(\r\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\"\x9c\x01\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.tandem.v1.SearchHit\x12\x10\n\x08reranked\x18\x02 \x01(\x08\x12)\n\x07timings\x18\x03 \x01(\x0b\x32\x18.tandem.v1.SearchTimings\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x10\n\x08recalled\x18\x05 \x01(\r*p\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x02\x12\x16\n\x12SEARCH_MODE_SPARSE\x10\x03\x32N\n\rSearchService\x12=\n\x06Search\x12\x18.tandem.v1.SearchRequest\x1a\x19.tandem.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/search.proto\x12\ttandem.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16tandem/v1/filter.proto\"\xf1\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x10\n\x08recall_k\x18\x04 \x01(\r\x12!\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x11.tandem.v1.Filter\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.tandem.v1.SearchMode\x12\x13\n\x06rerank\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08reranker\x18\x08 \x01(\t\x12\x16\n\x0erequire_rerank\x18\t \x01(\x08\x12-\n\rrerank_stages\x18\n \x03(\x0b\x32\x16.tandem.v1.RerankStage\x12\x14\n\x0c\x65xclude_text\x18\x0b \x01(\x08\x12\x14\n\x0crerank_depth\x18\x0c \x01(\r\x12\x1a\n\x12max_tokens_per_doc\x18\r \x01(\r\x12\x13\n\x0b\x66ilter_text\x18\x0e \x01(\tB\t\n\x07_rerank\"*\n\x0bRerankStage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04keep\x18\x02 \x01(\r\"\xb3\x01\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x14\n\x0crecall_score\x18\x05 \x01(\x02\x12\x13\n\x0brecall_rank\x18\x06 \x01(\r\x12\x0f\n\x07passage\x18\x07 \x01(\t\x12\x16\n\x0epassage_offset\x18\x08 \x01(\r\"\xa2\x01\n\rSearchTimings\x12\x15\n\rembed_seconds\x18\x01 \x01(\x01\x12\x16\n\x0erecall_seconds\x18\x02 \x01(\x01\x12\x16\n\x0ererank_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\x12\x33\n\rrerank_stages\x18\x05 \x03(\x0b\x32\x1c.tandem.v1.RerankStageTiming\"T\n\x11RerankStageTiming\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0e\n\x06scored\x18\x03 \x01(\r\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\"\x9c\x01\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.tandem.v1.SearchHit\x12\x10\n\x08reranked\x18\x02 \x01(\x08\x12)\n\x07timings\x18\x03 \x01(\x0b\x32\x18.tandem.v1.SearchTimings\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x10\n\x08recalled\x18\x05 \x01(\r*p\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x02\x12\x16\n\x12SEARCH_MODE_SPARSE\x10\x03\x32N\n\rSearchService\x12=\n\x06Search\x12\x18.tandem.v1.SearchRequest\x1a\x19.tandem.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHMODE']._serialized_start=1078
-  _globals['_SEARCHMODE']._serialized_end=1190
+  _globals['_SEARCHMODE']._serialized_start=1099
+  _globals['_SEARCHMODE']._serialized_end=1211
   _globals['_SEARCHREQUEST']._serialized_start=92
-  _globals['_SEARCHREQUEST']._serialized_end=440
-  _globals['_RERANKSTAGE']._serialized_start=442
-  _globals['_RERANKSTAGE']._serialized_end=484
-  _globals['_SEARCHHIT']._serialized_start=487
-  _globals['_SEARCHHIT']._serialized_end=666
-  _globals['_SEARCHTIMINGS']._serialized_start=669
-  _globals['_SEARCHTIMINGS']._serialized_end=831
-  _globals['_RERANKSTAGETIMING']._serialized_start=833
-  _globals['_RERANKSTAGETIMING']._serialized_end=917
-  _globals['_SEARCHRESPONSE']._serialized_start=920
-  _globals['_SEARCHRESPONSE']._serialized_end=1076
-  _globals['_SEARCHSERVICE']._serialized_start=1192
-  _globals['_SEARCHSERVICE']._serialized_end=1270
+  _globals['_SEARCHREQUEST']._serialized_end=461
+  _globals['_RERANKSTAGE']._serialized_start=463
+  _globals['_RERANKSTAGE']._serialized_end=505
+  _globals['_SEARCHHIT']._serialized_start=508
+  _globals['_SEARCHHIT']._serialized_end=687
+  _globals['_SEARCHTIMINGS']._serialized_start=690
+  _globals['_SEARCHTIMINGS']._serialized_end=852
+  _globals['_RERANKSTAGETIMING']._serialized_start=854
+  _globals['_RERANKSTAGETIMING']._serialized_end=938
+  _globals['_SEARCHRESPONSE']._serialized_start=941
+  _globals['_SEARCHRESPONSE']._serialized_end=1097
+  _globals['_SEARCHSERVICE']._serialized_start=1213
+  _globals['_SEARCHSERVICE']._serialized_end=1291
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ SEARCH_MODE_HYBRID: SearchMode
 SEARCH_MODE_SPARSE: SearchMode
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank", "rerank_stages", "exclude_text", "rerank_depth", "max_tokens_per_doc")
+    __slots__ = ("collection", "query", "top_n", "recall_k", "filter", "mode", "rerank", "reranker", "require_rerank", "rerank_stages", "exclude_text", "rerank_depth", "max_tokens_per_doc", "filter_text")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class SearchRequest(_message.Message):
     EXCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_PER_DOC_FIELD_NUMBER: _ClassVar[int]
+    FILTER_TEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_n: int
@@ -48,7 +49,8 @@ class SearchRequest(_message.Message):
     exclude_text: bool
     rerank_depth: int
     max_tokens_per_doc: int
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ..., exclude_text: _Optional[bool] = ..., rerank_depth: _Optional[int] = ..., max_tokens_per_doc: _Optional[int] = ...) -> None: ...
+    filter_text: str
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_n: _Optional[int] = ..., recall_k: _Optional[int] = ..., filter: _Optional[_Union[_filter_pb2.Filter, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank: _Optional[bool] = ..., reranker: _Optional[str] = ..., require_rerank: _Optional[bool] = ..., rerank_stages: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ..., exclude_text: _Optional[bool] = ..., rerank_depth: _Optional[int] = ..., max_tokens_per_doc: _Optional[int] = ..., filter_text: _Optional[str] = ...) -> None: ...
 
 class RerankStage(_message.Message):
     __slots__ = ("model", "keep")
