@@ -38,7 +38,7 @@ test: setup
 	  $(MAKE) --no-print-directory node-setup || echo "npm ci failed: the Node client suites will be skipped"; fi
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  $(MAKE) --no-print-directory browser || echo "no chromium: the console's browser tests will be skipped"; fi
-	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile
 
 # Debian's chromium, which the console's browser tests drive (Playwright's own browser download is not used).
 # Needs root and apt-get; elsewhere install a Chromium and set TANDEM_TEST_CHROMIUM to its binary.

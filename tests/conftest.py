@@ -19,20 +19,6 @@ os.environ.setdefault("TANDEM_CACHE_DIR", tempfile.mkdtemp(prefix="tandem-test-c
 os.environ.setdefault("TANDEM_TEST_STARTS", tempfile.mkstemp(prefix="tandem-test-starts-", suffix=".tsv")[1])
 
 
-# The modules that take longest on the 2-core CI machine (worker seconds in the junit report of a CI run, most
-# first): pytest-xdist hands them out first, so its workers end together instead of one finishing a heavy module
-# alone. The rest follow in collection order. `make test` passes --no-loadscope-reorder, else xdist would order
-# modules by their number of tests.
-SLOWEST = ("test_precision", "test_precision_served", "test_reliability", "test_transfer", "test_backend_choice",
-           "test_chunking", "test_store", "test_python_client", "test_models", "test_console", "test_access",
-           "test_http_guarantees", "test_hostile", "test_batching", "test_tracing")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {m: i for i, m in enumerate(SLOWEST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # a stable sort
-
-
 @pytest.fixture(scope="session")
 def ckpt_dir() -> Path:
     """The checkpoints the tests build, in the suite's cache folder: every pytest-xdist worker serves the same

@@ -241,6 +241,48 @@ def test_auto_serves_a_measured_choice_and_reuses_it(tiny_ce, tmp_path, caplog):
     assert loss.top_loss == pytest.approx(trial["top_loss"], abs=1e-3)
 
 
+def test_a_cache_folder_that_cannot_be_written_does_not_stop_a_start(tiny_ce, tmp_path, caplog):
+    """A read-only or misplaced cache (here a file stands where the folder would be): the choice is measured and
+    served without it, and each cache says once that it is not used."""
+    caplog.set_level(logging.WARNING)
+    (tmp_path / "blocked").write_text("")
+    served = load_reranker(tiny_ce, "cpu", False, "auto", "torch", str(tmp_path / "blocked"))
+    assert served.backend == "torch" and len(served.run(calibration.pairs()[:3])) == 3
+    assert caplog.text.count("cannot use the backend measurement cache") == 1, caplog.text
+    assert caplog.text.count("could not cache the pass cost") == 1, caplog.text
+
+
+def test_a_full_cache_disk_does_not_stop_a_start(tiny_ce, tmp_path, caplog):
+    """The cache on a filesystem with no space left (a 64 KiB tmpfs, filled): measured and served, nothing half
+    written left behind, and the next start (space freed) measures and saves."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    try:
+        (disk / "cache").mkdir()
+        with open(disk / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError:
+                pass
+        caplog.set_level(logging.WARNING)
+        served = load_reranker(tiny_ce, "cpu", False, "auto", "torch", str(disk / "cache"))
+        assert len(served.run(calibration.pairs()[:3])) == 3
+        assert "could not save the backend measurements" in caplog.text and "No space left" in caplog.text
+        assert not [p for p in disk.rglob("*") if p.suffix in (".tmp", ".npz") or ".tmp" in p.name]
+        (disk / "filler").unlink()
+        caplog.clear()
+        load_reranker(tiny_ce, "cpu", False, "auto", "torch", str(disk / "cache"))
+        assert "could not" not in caplog.text and list((disk / "cache" / "choices").glob("*.json"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):
     from tests.support.checkpoints import tiny_causal_reranker
 

@@ -57,4 +57,7 @@ def test_node_connect_client_over_http(server, tiny_ce):
     assert len(res) == 2 and res[0]["score"] >= res[1]["score"]
     assert all(x["document"] == docs[x["index"]] for x in res)
     assert out["upserted"] == 2 and out["search"] == ["a"]
+    ex = out["exported"]  # Export, a server stream, over HTTP/1.1: the record first, then every row
+    assert ex[0] == "record:connect_client" and sorted(ex[1:]) == ["a", "b"], ex
+    assert out["exportError"]["code"] == 5 and "no_such_collection" in out["exportError"]["message"]  # NotFound
     assert out["error"]["code"] == 3 and "query is empty" in out["error"]["message"]  # Code.InvalidArgument

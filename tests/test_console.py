@@ -72,6 +72,12 @@ def console(make_module_server, minilm_ce, tmp_path_factory):
               timeout=300)
     ix.CreateCollection(index_pb2.CreateCollectionRequest(collection="team_docs"), metadata=_md("admin-token"),
                         timeout=120)
+    # A chunked collection: three long documents in passages of 32 tokens.
+    ix.CreateCollection(index_pb2.CreateCollectionRequest(collection="chunked", chunking=index_pb2.Chunking(
+        max_tokens=32, overlap_tokens=8)), metadata=_md("admin-token"), timeout=120)
+    ix.Upsert(index_pb2.UpsertRequest(collection="chunked", documents=[
+        document_pb2.Document(id=f"long{i}", text=" ".join(f"{d['title']}. {d['text']}" for d in corpus[i::3][:4]))
+        for i in range(3)]), metadata=_md("admin-token"), timeout=300)
     yield s, ch, queries
     ch.close()
 
@@ -193,6 +199,22 @@ def test_search_shows_recall_and_reranked_as_grpc_answers_them(page, console):
     other.close()
 
 
+def test_a_chunked_collections_hits_mark_the_passage_that_matched(page, console):
+    s, ch, queries = console
+    _open(page, "admin-token", "#search?collection=chunked&q=heat+transfer+to+a+heated+plate&top_n=3&recall_k=3")
+    _search_done(page)
+    want = search_pb2_grpc.SearchServiceStub(ch).Search(search_pb2.SearchRequest(
+        collection="chunked", query="heat transfer to a heated plate", top_n=3, recall_k=3),
+        metadata=_md("admin-token"), timeout=60)
+    assert _ids(page, "s-rerank-hits") == [h.id for h in want.hits]
+    marked = page.eval_on_selector_all("#s-rerank-hits li mark", "m => m.map(x => x.textContent)")
+    assert marked == [h.passage for h in want.hits] and all(marked)
+    # The mark sits where the passage sits in the document: the text before it ends where the passage starts.
+    first = want.hits[0]
+    before = page.eval_on_selector("#s-rerank-hits li:first-child mark", "m => m.previousSibling.textContent")
+    assert first.text[:first.passage_offset].endswith(before)
+
+
 def test_a_filter_the_server_cannot_read_is_shown_beside_the_box(page, console):
     s, ch, queries = console
     _open(page, "admin-token", "#search?collection=cranfield&q=wing")
@@ -259,9 +281,27 @@ def test_each_principal_sees_only_what_it_may_do(page, console):
 
     page.click("#signout")
     _open(page, "admin-token", "#collections")
-    page.wait_for_function("() => document.querySelectorAll('button.drop').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('button.drop').length === 3")
     assert page.is_visible("#create-form")
     _shot(page, "collections")
+
+
+def test_export_saves_the_documents_grpc_export_holds(page, console, tmp_path):
+    s, ch, _ = console
+    _open(page, "reader-token", "#collections")
+    page.wait_for_selector("button.export[data-collection=cranfield]")
+    with page.expect_download() as d:
+        page.click("button.export[data-collection=cranfield]")
+    saved = tmp_path / "cranfield.jsonl"
+    d.value.save_as(saved)
+    assert d.value.suggested_filename == "cranfield.jsonl"
+    got = {r["id"]: r for r in map(json.loads, saved.read_text().splitlines())}
+    rows = [row for msg in index_pb2_grpc.IndexServiceStub(ch).Export(
+        index_pb2.ExportRequest(collection="cranfield"), metadata=_md("reader-token"), timeout=120) for row in msg.rows]
+    assert len(got) == len(rows) == DOCS
+    for row in rows:
+        assert got[row.id]["text"] == row.text and got[row.id]["metadata"] == json.loads(row.metadata_json)
+    page.wait_for_selector(f"#c-status:has-text('exported {DOCS} documents')")
 
 
 def test_a_jsonl_file_dropped_on_the_page_is_ingested_whole(page, console):

@@ -271,14 +271,19 @@ class Measures:
             return
         merged = dict(self.trials)  # the options this call did not ask for stay as they were
         merged.update({t.option: t for t in trials if t.items_per_second or t.judged or t.error})
-        self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f"{self.file.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"trials": [asdict(t) for t in merged.values()]}, indent=1, default=str))
-        tmp.rename(self.file)
-        if reference is not None and self.reference is None:
-            tmp = self.file.with_name(f"{self.file.stem}.{os.getpid()}.npz")
-            np.savez(tmp, **{f"g{i}": r for i, r in enumerate(reference)})
-            tmp.rename(self.file.with_suffix(".npz"))
+        ref = self.file.with_name(f"{self.file.stem}.{os.getpid()}.npz")
+        try:  # each file whole or not at all: written aside, then renamed
+            tmp.write_text(json.dumps({"trials": [asdict(t) for t in merged.values()]}, indent=1, default=str))
+            tmp.rename(self.file)
+            if reference is not None and self.reference is None:
+                np.savez(ref, **{f"g{i}": r for i, r in enumerate(reference)})
+                ref.rename(self.file.with_suffix(".npz"))
+        except OSError as exc:  # a full disk: what was measured serves this start, and is measured again next time
+            log.warning("could not save the backend measurements in %s (%s); the next start measures again",
+                        self.file, exc.strerror or exc)
+            for f in (tmp, ref):
+                f.unlink(missing_ok=True)
 
 
 def choose(kind: str, options: Sequence[Option], build: Callable[[Option], object], groups: Sequence[Sequence],
@@ -290,8 +295,8 @@ def choose(kind: str, options: Sequence[Option], build: Callable[[Option], objec
     most `max_items` items and `max_tokens` padded tokens. An option whose build or run fails is reported and
     skipped. With `cache_file`, what was measured before on this model is reused (Measures) and what is
     measured now is added."""
-    with _measuring(cache_file):
-        return _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, cache_file)
+    with _measuring(cache_file) as usable:
+        return _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, usable)
 
 
 @contextlib.contextmanager
@@ -299,12 +304,19 @@ def _measuring(cache_file: Path | None):
     """One process measures a model at a time: a second server starting beside it (a fleet on one host, a test
     run in parallel) waits, then reads back what the first measured instead of timing it again, contended."""
     if cache_file is None:
-        yield
+        yield None
         return
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache_file.with_suffix(".lock"), "w") as lock:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_file.with_suffix(".lock"), "w")
+    except OSError as exc:  # a read-only or full disk must not stop a start: measure, serve, and say so
+        log.warning("cannot use the backend measurement cache %s (%s): measuring without it, nothing is saved",
+                    cache_file, exc.strerror or exc)
+        yield None
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield
+        yield cache_file
 
 
 def _choose(kind, options, build, groups, timing, max_items, max_tokens, gate, repeats, cache_file):

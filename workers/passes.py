@@ -72,14 +72,18 @@ def calibrate(backend, repeats: int = 9, cache_file: Path | None = None) -> tupl
         return cached, False
     backend.pass_cost = fit_pass_cost(backend.run, backend.measure, *shapes, repeats=repeats)
     if cache_file is not None:
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp")
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(asdict(backend.pass_cost)))
             tmp.rename(cache_file)
-        except OSError as exc:
+        except OSError as exc:  # a read-only or full disk: serve, and measure again at the next start
             log.warning("could not cache the pass cost in %s (%s); it is measured again at the next start",
-                        cache_file, exc)
+                        cache_file, exc.strerror or exc)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
     return backend.pass_cost, True
 
 

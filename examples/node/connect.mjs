@@ -28,6 +28,18 @@ const upserted = await index.upsert({
   ],
 });
 const search = await createClient(SearchService, transport).search({ collection, query: "wing stall", topN: 1, rerank: false });
+// A server stream (Connect's streaming protocol over HTTP/1.1): the collection's rows, after the record.
+const exported = [];
+for await (const msg of index.export({ collection })) {
+  if (msg.record) exported.push(`record:${msg.record.collection}`);
+  for (const row of msg.rows) exported.push(row.id);
+}
+let exportError = null;
+try {
+  for await (const _ of index.export({ collection: "no_such_collection" })) { /* nothing arrives */ }
+} catch (e) {
+  exportError = { code: e.code, message: e.rawMessage };
+}
 let error = null;
 try {
   await createClient(RerankService, transport).rerank({ query: "", documents: ["x"] });
@@ -40,5 +52,7 @@ console.log(JSON.stringify({
   rerank: rerank.results.map((r) => ({ index: r.index, score: r.relevanceScore, document: r.document })),
   upserted: upserted.upserted,
   search: search.hits.map((h) => h.id),
+  exported,
+  exportError,
   error,
 }));

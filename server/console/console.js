@@ -330,14 +330,91 @@ async function enterCollections() {
     infos.map((i) => [i.collection, i.error || String(num(i.documents)), String(num(i.passages)), i.embedder || "",
       String(num(i.dimension)), i.chunking ? `${num(i.chunking.maxTokens)}/${num(i.chunking.overlapTokens)}` : "",
       i.language || "", i.indexType || "",
-      may("admin", i.collection) ? el("button", { type: "button", class: "drop", "data-collection": i.collection,
-        onclick: () => drop(i.collection) }, "Drop") : ""]));
+      el("span", { class: "actions" },
+        el("button", { type: "button", class: "export", "data-collection": i.collection,
+          onclick: () => exportDocuments(i.collection) }, "Export"),
+        may("admin", i.collection) ? el("button", { type: "button", class: "drop", "data-collection": i.collection,
+          onclick: () => drop(i.collection) }, "Drop") : null)]));
   $("create-form").hidden = !holds("admin");
   const writable = state.collections.filter((c) => may("write", c));
   $("ingest").hidden = writable.length === 0;
   const keep = $("i-collection").value;
   fill($("i-collection"), writable.map((n) => el("option", { value: n }, n)));
   if (writable.includes(keep)) $("i-collection").value = keep;
+}
+
+// Export is a server stream: Connect's streaming protocol, one enveloped message each way (a flags byte, a
+// big-endian length, the JSON), the answer ending with an end-of-stream envelope that carries any error.
+function envelope(message) {
+  const body = new TextEncoder().encode(JSON.stringify(message));
+  const out = new Uint8Array(5 + body.length);
+  new DataView(out.buffer).setUint32(1, body.length);
+  out.set(body, 5);
+  return out;
+}
+
+async function* messages(response) {
+  const reader = response.body.getReader();
+  let buf = new Uint8Array(0);
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) {
+      const next = new Uint8Array(buf.length + value.length);
+      next.set(buf);
+      next.set(value, buf.length);
+      buf = next;
+    }
+    while (buf.length >= 5) {
+      const n = new DataView(buf.buffer, buf.byteOffset).getUint32(1);
+      if (buf.length < 5 + n) break;
+      yield { end: (buf[0] & 2) !== 0, message: JSON.parse(new TextDecoder().decode(buf.subarray(5, 5 + n))) };
+      buf = buf.slice(5 + n);
+    }
+    if (done) return;
+  }
+}
+
+// The documents as JSONL ({"id", "text", "metadata"} per line), which this page's ingest and `tandem ingest`
+// read back; a chunked collection's passages are put back together by their offsets. Vectors and the collection
+// record stay with `tandem export` (Parquet).
+async function exportDocuments(collection) {
+  say("c-error", "");
+  say("c-status", `exporting ${collection}…`);
+  const headers = { "content-type": "application/connect+json" };
+  const token = sessionStorage.getItem(TOKEN);
+  if (token) headers.authorization = "Bearer " + token;
+  const r = await fetch("/tandem.v1.IndexService/Export", { method: "POST", headers, body: envelope({ collection }) });
+  if (!r.ok) {
+    const text = await r.text();
+    let message = text;
+    try { message = JSON.parse(text).message || text; } catch (e) { /* not JSON */ }
+    say("c-status", "");
+    return say("c-error", message);
+  }
+  const docs = new Map();
+  let rows = 0;
+  for await (const { end, message } of messages(r)) {
+    if (end) {
+      if (message.error) return say("c-error", `export of ${collection} failed: ${message.error.message}`);
+      continue;
+    }
+    for (const row of list(message.rows)) {
+      rows++;
+      if (!docs.has(row.id)) docs.set(row.id, { id: row.id, metadata: JSON.parse(row.metadataJson || "{}"), parts: [] });
+      docs.get(row.id).parts.push(row);
+    }
+  }
+  const lines = [...docs.values()].map((d) => {
+    let text = "";
+    for (const p of d.parts.sort((a, b) => num(a.chunk) - num(b.chunk))) text = text.slice(0, num(p.start)) + (p.text || "");
+    return JSON.stringify({ id: d.id, text, metadata: d.metadata });
+  });
+  const a = el("a", { href: URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "application/jsonl" })),
+    download: `${collection}.jsonl` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  say("c-status", `exported ${docs.size} documents (${rows} rows) of ${collection}`);
 }
 
 async function drop(collection) {

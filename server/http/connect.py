@@ -1,6 +1,8 @@
 """Tandem's own contract over HTTP: every unary RPC at `POST /tandem.v1.<Service>/<Method>`, by the Connect
 protocol's unary rules (proto3 JSON or binary protobuf, errors as `{code, message}` with the HTTP status the
-Connect spec gives each code, `Connect-Timeout-Ms` as the deadline).
+Connect spec gives each code, `Connect-Timeout-Ms` as the deadline), and each server-streaming RPC (Export) by
+its streaming rules: enveloped messages (`application/connect+json` or `+proto`), the answer's messages one
+envelope each, then an end-of-stream envelope that carries the error, if any.
 
 The gRPC servicers are already adapters between the contract's messages and the engine, so this calls them with
 a context that carries only what they read (the time left); no engine logic lives here.
@@ -9,21 +11,27 @@ a context that carries only what they read (the time left); no engine logic live
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 import orjson
 
 from tandem.server.access import CALLER, RULES, Denied, Gate
 from tandem.server.http import errors
-from tandem.server.http.calls import call
-from tandem.server.http.errors import Failure
+from tandem.server.http.calls import call, set_code
+from tandem.server.http.errors import Failure, internal
 from tandem.server.http.routes import Route
 
 JSON, PROTO = "application/json", "application/proto"
+STREAM_JSON, STREAM_PROTO = "application/connect+json", "application/connect+proto"
+END_STREAM, COMPRESSED = 0x02, 0x01  # envelope flags
+
+log = logging.getLogger(__name__)
 
 
 class _Context:
@@ -81,18 +89,98 @@ class ConnectRoutes:
 
         return endpoint
 
+    def _stream_endpoint(self, servicer, method):
+        handler = getattr(servicer, method.name)
+        request_class = _message_class(method.input_type)
+
+        async def endpoint(request: Request):
+            kind = request.headers.get("content-type", "").split(";")[0].strip()
+            binary = kind == STREAM_PROTO
+
+            def encode(msg) -> bytes:
+                return msg.SerializeToString() if binary else orjson.dumps(json_format.MessageToDict(msg))
+
+            raw = await request.body()
+            try:
+                deadline = _deadline(request)
+                msg = _unenvelope(raw, request_class, binary, method.input_type.full_name)
+                self.gate.check(CALLER.get(), msg)
+            except Failure as f:
+                return _end_only(request, f, kind)
+            except Denied as d:
+                return _end_only(request, errors.failure(d), kind)
+
+            async def stream():
+                try:
+                    async for out in handler(msg, _Context(deadline)):
+                        yield _envelope(0, encode(out))
+                except Exception as exc:  # after the first bytes the status is sent: the error ends the stream
+                    f = errors.failure(exc)
+                    if f is None:
+                        log.error("unhandled error in %s", request.url.path, exc_info=exc)
+                        f = internal(exc)
+                    set_code(request, f.kind.upper())
+                    yield _end(f)
+                    return
+                yield _end(None)
+
+            return StreamingResponse(stream(), media_type=kind)
+
+        return endpoint
+
     def routes(self) -> list[Route]:
         out = []
         for service in self.services:
             servicer = self.servicers[service.full_name]
             for method in service.methods:
-                if method.client_streaming or method.server_streaming:
-                    continue  # Connect's unary rules only; UpsertStream stays on gRPC
                 path = f"/{service.full_name}/{method.name}"
+                if method.client_streaming:
+                    continue  # Connect over HTTP/1.1 has no client streams: UpsertStream and Import stay on gRPC
+                if method.server_streaming:
+                    out.append(Route(path, self._stream_endpoint(servicer, method), errors.CONNECT,
+                                     f"{service.name}.{method.name} (Connect server stream; enveloped JSON or "
+                                     "binary)", content_types=(STREAM_JSON, STREAM_PROTO),
+                                     tags=("tandem.v1 (Connect)",), rule=RULES[path]))
+                    continue
                 out.append(Route(path, self._endpoint(servicer, method), errors.CONNECT,
                                  f"{service.name}.{method.name} (Connect unary; JSON or binary)",
                                  content_types=(JSON, PROTO), tags=("tandem.v1 (Connect)",), rule=RULES[path]))
         return out
+
+
+def _envelope(flags: int, data: bytes) -> bytes:
+    return struct.pack(">BI", flags, len(data)) + data
+
+
+def _end(f: Failure | None) -> bytes:
+    """The end-of-stream envelope: `{}`, or the error as Connect's `{"error": {code, message}}`."""
+    return _envelope(END_STREAM, orjson.dumps({} if f is None else {"error": {"code": f.kind, "message": f.message}}))
+
+
+def _end_only(request: Request, f: Failure, kind: str) -> Response:
+    """A stream that fails before its first message: HTTP 200 and the error in the end-of-stream envelope, as the
+    Connect protocol answers a well-formed streaming call."""
+    set_code(request, f.kind.upper())
+    return Response(_end(f), media_type=kind)
+
+
+def _unenvelope(raw: bytes, request_class, binary: bool, name: str):
+    """The one request message of a server-streaming call, from its envelope."""
+    if len(raw) < 5:
+        raise Failure(400, "invalid_argument", f"the body is not an enveloped {name} (5-byte prefix, then the message)")
+    flags, n = struct.unpack(">BI", raw[:5])
+    if flags & COMPRESSED:
+        raise Failure(400, "unimplemented", "compressed messages are not accepted: send Connect-Content-Encoding "
+                      "identity")
+    if n != len(raw) - 5:
+        raise Failure(400, "invalid_argument", f"the envelope says {n} bytes but {len(raw) - 5} follow; send one "
+                      f"{name}")
+    try:
+        body = raw[5:]
+        return request_class.FromString(body) if binary else json_format.Parse(
+            body or b"{}", request_class(), ignore_unknown_fields=True)
+    except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+        raise Failure(400, "invalid_argument", f"the message is not a {name}: {exc}") from None
 
 
 def _render(f: Failure) -> Response:
