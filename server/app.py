@@ -131,7 +131,8 @@ async def assemble(rt: Runtime) -> Runtime:
     """Models, their batchers, the store and recall, started: what the engine runs on, whatever serves it."""
     cfg = rt.config
     await load_models(rt)
-    rt.store = Store(cfg.milvus_uri, cfg.milvus_token, engine_nice=cfg.engine_nice)
+    rt.store = Store(cfg.milvus_uri, cfg.milvus_token, engine_nice=cfg.engine_nice,
+                     min_free_bytes=cfg.min_free_disk_mb * 1_000_000)
     if rt.store.embedded and cfg.seal_quiet_seconds > 0:
         rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
         rt.sealer.start()

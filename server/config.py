@@ -82,6 +82,8 @@ class Config:
     seal_quiet_seconds: float = _f(1.0, "embedded Milvus: seal a collection once its writes have been quiet this "
                                         "long (0 = never; a Milvus server seals by itself)")
     seal_max_rows: int = _f(10000, "embedded Milvus: seal at once when this many written rows are unsealed")
+    min_free_disk_mb: int = _f(256, "embedded Milvus: refuse writes (RESOURCE_EXHAUSTED) while the data disk has "
+                                    "less free space than this, so the engine never runs out mid-write (0 = no floor)")
     # reranker batching
     max_batch_pairs: int = _f(32, "pairs per reranker batch")
     max_batch_tokens: int = _f(0, "padded tokens per reranker batch (longest pair x pairs); "
@@ -204,6 +206,8 @@ class Config:
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,36}", name):
                 raise ValueError(f"milvus_uri: the embedded engine's data file name {name!r} must be 1-36 characters "
                                  "of letters, digits, '.', '_' and '-' (the folder may be any path)")
+        if self.min_free_disk_mb < 0:
+            raise ValueError("min_free_disk_mb must be 0 (no floor) or positive")
         if self.seal_quiet_seconds < 0:
             raise ValueError("seal_quiet_seconds must be 0 (never) or positive")
         if bool(self.tls_cert) != bool(self.tls_key):

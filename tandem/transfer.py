@@ -23,9 +23,11 @@ run again after a kill, it resumes there; every write is an upsert by id, so re-
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,6 +85,11 @@ def _bar(total: int, show: bool, what: str):
     return tqdm(total=total, unit="row", disable=not show, file=sys.stderr, desc=what, leave=False)
 
 
+def _out_of_space(exc: BaseException) -> bool:
+    # pyarrow reports a full disk as an OSError whose text holds the errno, not always as errno itself
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc))
+
+
 # -- export ------------------------------------------------------------------------------------------------------
 
 def export_collection(client: Client, collection: str, path: str | Path, *, page_size: int = 1024,
@@ -115,8 +122,13 @@ def export_collection(client: Client, collection: str, path: str | Path, *, page
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
         os.replace(partial, path)  # only a complete file takes the final name
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if _out_of_space(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"no space left on the disk that holds {path.parent} ({free / 1e6:.1f} MB "
+                          f"free after removing the partial file) while writing row {rows}: nothing was written "
+                          f"under {path.name}; free space there or export to another disk") from None
         raise
     return {"collection": collection, "file": str(path), "rows": rows, "documents": record.documents,
             "embedder": record.embedder, "dimension": record.dimension, "bytes": path.stat().st_size,

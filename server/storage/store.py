@@ -10,21 +10,27 @@ All methods block; callers run them off the event loop.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tandem.server.storage import filters, recall, scan, writes
 from tandem.server.storage.collections import Collections
 from tandem.server.storage.connection import Connection
 from tandem.server.storage.filters import CompiledFilter
 from tandem.server.storage.recall import Hit
 from tandem.server.storage.schema import CollectionMeta
+from tandem.server.storage.space import Floor
 
 
 class Store:
-    def __init__(self, uri: str, token: str = "", timeout: float = 30.0, engine_nice: int = 0):
+    def __init__(self, uri: str, token: str = "", timeout: float = 30.0, engine_nice: int = 0,
+                 min_free_bytes: int = 0):
         self.conn = Connection(uri, token, timeout, engine_nice, forget=lambda name: self.collections.forget(name))
         self.collections = Collections(self.conn)
         self._grouping = recall.Grouping()
         self.uri, self.embedded, self.engine = uri, self.conn.embedded, self.conn.engine
         self.kind = "milvus-lite" if self.embedded else "milvus"
+        # Writes to the embedded engine stop short of a full disk (space.py); a Milvus server minds its own.
+        self.floor = Floor(Path(uri).resolve().parent, min_free_bytes if self.embedded else 0)
 
     # -- connection ------------------------------------------------------------
 
@@ -41,6 +47,7 @@ class Store:
 
     def create(self, name: str, embedder: str, dimension: int, language: str = "",
                chunking: tuple[int, int] | None = None) -> CollectionMeta:
+        self.floor.check()
         return self.collections.create(name, embedder, dimension, language, chunking)
 
     def drop(self, name: str) -> None:
@@ -67,13 +74,16 @@ class Store:
     # -- documents -------------------------------------------------------------
 
     def upsert(self, name: str, rows: list[dict]) -> int:
+        self.floor.check()
         return writes.upsert(self.conn, self.meta(name), rows)
 
     def upsert_documents(self, name: str, docs: list[dict]) -> tuple[int, int]:
+        self.floor.check()
         return writes.upsert_documents(self.conn, name, docs)
 
     def put(self, name: str, rows: list[dict], replacing: bool = False) -> int:
         """Exported rows with their vectors (import): no embedding, BM25 computed by the engine."""
+        self.floor.check()
         return writes.put(self.conn, self.meta(name), rows, replacing)
 
     def scan(self, name: str, page_size: int):
