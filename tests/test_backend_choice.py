@@ -23,6 +23,7 @@ from tandem.server.models import load_reranker
 from tandem.workers import calibration
 from tandem.workers.backend_choice import REFERENCE, Option, Trial, _by_speed, choose, rerank_loss
 from tandem.workers.exported import model_key
+from tests.support.disk import fill, small_disk
 
 ALL = [[(q, p) for p in ps] for q, ps in calibration.groups()]
 GROUPS = ALL[::4]  # 12 groups, both shapes
@@ -255,21 +256,9 @@ def test_a_cache_folder_that_cannot_be_written_does_not_stop_a_start(tiny_ce, tm
 def test_a_full_cache_disk_does_not_stop_a_start(tiny_ce, tmp_path, caplog):
     """The cache on a filesystem with no space left (a 64 KiB tmpfs, filled): measured and served, nothing half
     written left behind, and the next start (space freed) measures and saves."""
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as disk:
         (disk / "cache").mkdir()
-        with open(disk / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"x" * 4096)
-            except OSError:
-                pass
+        fill(disk / "filler")
         caplog.set_level(logging.WARNING)
         served = load_reranker(tiny_ce, "cpu", False, "auto", "torch", str(disk / "cache"))
         assert len(served.run(calibration.pairs()[:3])) == 3
@@ -279,8 +268,6 @@ def test_a_full_cache_disk_does_not_stop_a_start(tiny_ce, tmp_path, caplog):
         caplog.clear()
         load_reranker(tiny_ce, "cpu", False, "auto", "torch", str(disk / "cache"))
         assert "could not" not in caplog.text and list((disk / "cache" / "choices").glob("*.json"))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_causal_reranker_falls_back_to_torch(tmp_path, caplog):

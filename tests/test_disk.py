@@ -4,9 +4,7 @@ when space comes back; nothing acknowledged is lost across a restart. Needs root
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 
 import grpc
@@ -15,6 +13,7 @@ import pytest
 
 from tandem.v1 import document_pb2, index_pb2, index_pb2_grpc, search_pb2, search_pb2_grpc
 from tests.support.checkpoints import bundled_encoder
+from tests.support.disk import fill, small_disk
 
 FP32 = ("--backend", "torch", "--precision", "fp32")
 FLOOR_MB = 8
@@ -22,13 +21,8 @@ FLOOR_MB = 8
 
 @pytest.fixture
 def disk(tmp_path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+    with small_disk(tmp_path / "disk", "64m") as d:
+        yield d
 
 
 def _docs(start: int, n: int):
@@ -45,12 +39,7 @@ def test_a_full_data_disk_refuses_writes_at_once_and_keeps_serving_reads(make_se
     ix.CreateCollection(index_pb2.CreateCollectionRequest(collection="d"), timeout=60)
     assert ix.Upsert(index_pb2.UpsertRequest(collection="d", documents=_docs(0, 40)), timeout=60).upserted == 40
     # Something else fills the disk to below the floor.
-    free = shutil.disk_usage(disk).free
-    with open(disk / "filler", "wb") as f:
-        f.truncate(0)
-        chunk = b"\0" * (1 << 20)
-        for _ in range(int((free - (FLOOR_MB - 2) * 1_000_000) // len(chunk)) + 1):
-            f.write(chunk)
+    fill(disk / "filler", leave=(FLOOR_MB - 2) * 1_000_000)
     assert shutil.disk_usage(disk).free < FLOOR_MB * 1_000_000
     for _ in range(3):
         t = time.monotonic()

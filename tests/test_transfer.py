@@ -23,6 +23,7 @@ from tandem.transfer import arrow_schema
 from tandem.v1 import index_pb2, index_pb2_grpc
 from tests.support.data import load_beir
 from tests.support.metricsparse import value
+from tests.support.disk import small_disk
 from tests.support.milvus import MilvusLite, wait_for
 from tests.support.serverproc import REPO, free_port
 
@@ -386,20 +387,13 @@ def test_kill_9_during_export_leaves_nothing_under_the_final_name(synthetic, sou
 def test_an_export_to_a_full_disk_says_so_and_leaves_nothing_under_the_final_name(source, tmp_path, cache):
     """The export's disk (a 256 KiB tmpfs) fills part way: the command fails at once, saying which disk and what
     to do, and neither the final name nor the partial file is left behind."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    try:
+    with small_disk(tmp_path / "disk", "256k") as disk:
         p = tandem("export", "plain", "-o", str(disk / "plain.parquet"), "--target", source.target, cache=cache,
                    check=False)
         assert p.returncode == 2, p.stderr[-2000:]
         assert "no space left on the disk that holds" in p.stderr and "nothing was written under plain.parquet" in \
             p.stderr, p.stderr[-2000:]
         assert "Traceback" not in p.stderr and list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_backup_taken_during_upserts_restores_every_row_acknowledged_before_it(
