@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checkpoints import minilm_cross_encoder, tiny_cross_encoder
+from tests.support.checkpoints import minilm_cross_encoder, tiny_cross_encoder, tiny_embedder
 from tests.support.pki import make_pki
 from tests.support.serverproc import Servers
 from tests.support.stubs import Stubs
@@ -43,6 +43,12 @@ def tiny_ce(ckpt_dir) -> str:
 @pytest.fixture(scope="session")
 def minilm_ce(ckpt_dir) -> str:
     return _built_once(minilm_cross_encoder, ckpt_dir / "minilm-ce")
+
+
+@pytest.fixture(scope="session")
+def small_emb(ckpt_dir) -> str:
+    """A second embedder: 64 dimensions, random (tests/support/checkpoints.py)."""
+    return _built_once(tiny_embedder, ckpt_dir / "small-emb")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tandem.v1 import document_pb2, embed_pb2, index_pb2, info_pb2, rerank_pb2, search_pb2
-from tests.support.checkpoints import bundled_encoder, tiny_causal_reranker, tiny_embedder
+from tests.support.checkpoints import bundled_encoder, tiny_causal_reranker
 from tests.support.data import load_beir
 from tests.support.stubs import Stubs
 from tests.support.metricsparse import samples, value
@@ -29,11 +29,6 @@ FP32 = ("--backend", "torch", "--precision", "fp32")  # one option per model: no
 @pytest.fixture(scope="module")
 def causal(ckpt_dir) -> str:
     return tiny_causal_reranker(ckpt_dir / "causal-ce")
-
-
-@pytest.fixture(scope="module")
-def small_emb(ckpt_dir) -> str:
-    return tiny_embedder(ckpt_dir / "small-emb")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from tandem.server import tracing, validation
 from tandem.server.errors import invalid
 from tandem.server.runtime import Runtime
-from tandem.server.storage import MAX_TEXT_CHARS, CollectionMeta
+from tandem.server.storage import MAX_TEXT_CHARS, CollectionMeta, StoreFailed
 from tandem.workers import BatchStats
 
 # Shortest passage a chunked collection may ask for: below this, passages lose their context.
@@ -137,7 +137,7 @@ class Indexer:
         name = validation.collection(collection)
         validation.count("ids", len(ids), self.rt.config.max_documents_per_request)
         ids = [validation.doc_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
-        await asyncio.to_thread(self.rt.store.meta, name)
+        await asyncio.to_thread(self.rt.store.current, name)
         await asyncio.to_thread(self.rt.store.delete, name, ids)
         self.rt.wrote(name, len(ids))
         return len(ids)
@@ -149,7 +149,7 @@ class Indexer:
         with tracing.stage("validate"):
             name = validation.collection(collection)
             validation.count(where, len(documents), cfg.max_documents_per_request)
-            meta = rt.store.cached_meta(name) or await asyncio.to_thread(rt.store.meta, name)
+            meta = rt.store.cached_current(name) or await asyncio.to_thread(rt.store.current, name)
             # A chunked collection stores passages, so a document may exceed one text field.
             max_bytes = cfg.max_text_bytes if meta.chunking else min(cfg.max_text_bytes, MAX_TEXT_CHARS)
             seen: set[str] = set()
@@ -189,9 +189,16 @@ class Indexer:
         store = self.rt.store
         with tracing.stage("write", {"db.system.name": "milvus", "db.operation.name": "upsert",
                                      "db.collection.name": batch.name, "tandem.documents": len(batch.rows)}):
-            if batch.meta.chunking:
-                n, passages = await asyncio.to_thread(store.upsert_documents, batch.name, batch.rows)
-            else:
-                n = passages = await asyncio.to_thread(store.upsert, batch.name, batch.rows)
+            # Shared with other replicas (a Milvus server), the collection may have been created again while the
+            # batch was embedded: never write rows made for the old one (its embedder, its schema).
+            await asyncio.to_thread(store.check_same, batch.name, batch.meta)
+            try:
+                if batch.meta.chunking:
+                    n, passages = await asyncio.to_thread(store.upsert_documents, batch.name, batch.rows)
+                else:
+                    n = passages = await asyncio.to_thread(store.upsert, batch.name, batch.rows)
+            except StoreFailed:  # re-created between the check and the write: say so rather than INTERNAL
+                await asyncio.to_thread(store.check_same, batch.name, batch.meta)
+                raise
         self.rt.wrote(batch.name, passages)
         return n, passages

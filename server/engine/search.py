@@ -11,6 +11,7 @@ from tandem.server.engine import cascade
 from tandem.server.engine.cascade import Stage, StageTiming
 from tandem.server.errors import invalid
 from tandem.server.runtime import Runtime
+from tandem.server.storage import StoreFailed
 from tandem.server.storage.filters import with_text
 from tandem.workers.recall import RecallQuery
 
@@ -89,7 +90,11 @@ class Retriever:
         with tracing.stage("recall", {"db.system.name": "milvus", "db.operation.name": "search",
                                       "db.collection.name": name, "tandem.mode": q.mode,
                                       "tandem.recall_k": recall_k, "tandem.filtered": bool(flt.expr)}) as span:
-            (hits,), _ = await rt.recall.submit([recall], key=recall.key, deadline=deadline)
+            try:
+                (hits,), _ = await rt.recall.submit([recall], key=recall.key, deadline=deadline)
+            except StoreFailed:  # another replica re-created the collection since _validate: say so
+                await asyncio.to_thread(rt.store.check_same, name, meta)
+                raise
             if span.is_recording():
                 span.set_attribute("tandem.recalled", len(hits))
         t2 = rt.clock()
@@ -147,7 +152,7 @@ class Retriever:
         depth = q.rerank_depth or default_depth
         max_tokens = q.max_tokens_per_doc or default_tokens
         # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
-        cached = store.cached_meta(name)
-        flt = store.compile_filter(with_text(q.filter, q.filter_text), cached)
-        meta = cached or await asyncio.to_thread(store.meta, name)
+        cached = store.cached_current(name)
+        flt = store.compile_filter(with_text(q.filter, q.filter_text), cached or store.cached_meta(name))
+        meta = cached or await asyncio.to_thread(store.current, name)
         return name, meta, flt.for_collection(meta), stages, top_n, recall_k, depth, max_tokens

@@ -77,6 +77,23 @@ class Collections:
             raise CollectionMissing(name)
         return m
 
+    def current(self, name: str) -> CollectionMeta:
+        """The record, checked against the store. The embedded engine belongs to this process, so its cache is
+        always current. On a Milvus server another replica may have dropped the collection, or created it again
+        under the same name with another embedder, chunking or language, since this one cached it: one describe
+        (about 0.6 ms on loopback) reads the generation, and a changed one reloads the record."""
+        cached = self._meta.get(name)
+        if cached is None or self.conn.embedded:
+            return self.meta(name)
+        d = self.conn.call(lambda c: c.describe_collection(name), name)  # missing: CollectionMissing, forgotten
+        record = schema.read_record(d.get("properties") or {}, d.get("description") or "")
+        if record is not None and str(record.get("generation", "")) == cached.generation:
+            return cached
+        log.info("collection %r was created again by another server (generation %s, was %s): reading its record "
+                 "again", name, (record or {}).get("generation"), cached.generation)
+        self.forget(name)
+        return self.meta(name)
+
     def _lookup(self, name: str) -> CollectionMeta | None:
         if name in self._meta:
             return self._meta[name]
@@ -87,7 +104,7 @@ class Collections:
 
     def counts(self, name: str) -> tuple[CollectionMeta, int, int]:
         """(meta, documents, rows): rows are passages in a chunked collection, documents otherwise."""
-        meta = self.meta(name)
+        meta = self.current(name)
 
         def count(where: str) -> int:
             # count(*) under Strong consistency is exact; collection stats count replaced and deleted rows too.

@@ -40,3 +40,15 @@ class StoreFailed(StoreError):
 
     def __init__(self, message: str):
         super().__init__(f"Milvus error: {message}")
+
+
+class CollectionRecreated(StoreError):
+    """Another server dropped the collection and created it again under the same name while this call ran."""
+
+    kind = Kind.FAILED_PRECONDITION
+
+    def __init__(self, name: str, embedder: str, chunked: bool):
+        super().__init__(f"collection {name!r} was dropped and created again by another server while this call "
+                         f"ran (it now holds {'passages' if chunked else 'whole documents'} embedded by {embedder!r}); "
+                         "send the call again")
+        self.collection = name

@@ -27,6 +27,7 @@ every engine keeps, and in collection properties, which Milvus servers keep (v0.
 from __future__ import annotations
 
 import json
+import uuid
 import re
 from dataclasses import dataclass, field
 
@@ -97,6 +98,9 @@ class CollectionMeta:
     has_presence: bool = False  # v0.1 collections lack the `present` field
     escaped_ids: bool = False  # v0.1 collections store ids as sent
     chunking: tuple[int, int] | None = None  # (max_tokens, overlap_tokens) of a chunked collection
+    # A fresh id each time a collection is created: another replica's drop and re-create under the same name
+    # changes it ("" for collections made before it existed).
+    generation: str = ""
 
     def search_params(self, limit: int) -> dict:
         params = {"ef": max(limit, 64)} if self.index_type == "HNSW" else {}
@@ -104,7 +108,8 @@ class CollectionMeta:
 
 
 def new_record(embedder: str, dimension: int, language: str, chunking: tuple[int, int] | None) -> dict:
-    record = {"embedder": embedder, "dimension": dimension, "language": language, "ids": "escaped"}
+    record = {"embedder": embedder, "dimension": dimension, "language": language, "ids": "escaped",
+              "generation": uuid.uuid4().hex}
     if chunking:
         record["chunking"] = list(chunking)
     return record
@@ -134,7 +139,8 @@ def meta_from(name: str, record: dict, index: dict, fields: set[str]) -> Collect
                           str(index.get("index_type", "")),
                           {k: str(v) for k, v in index.items() if k not in _INDEX_STATE},
                           "present" in fields, record.get("ids") == "escaped",
-                          tuple(record["chunking"]) if record.get("chunking") else None)
+                          tuple(record["chunking"]) if record.get("chunking") else None,
+                          str(record.get("generation", "")))
 
 
 def build_schema(record: dict, analyzer_params: dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 from tandem.server.storage import filters, recall, scan, writes
 from tandem.server.storage.collections import Collections
 from tandem.server.storage.connection import Connection
+from tandem.server.storage.errors import CollectionRecreated
 from tandem.server.storage.filters import CompiledFilter
 from tandem.server.storage.recall import Hit
 from tandem.server.storage.schema import CollectionMeta
@@ -61,6 +62,24 @@ class Store:
 
     def meta(self, name: str) -> CollectionMeta:
         return self.collections.meta(name)
+
+    def current(self, name: str) -> CollectionMeta:
+        """meta(name), checked against the store on a Milvus server shared with other replicas (collections.py)."""
+        return self.collections.current(name)
+
+    def check_same(self, name: str, meta: CollectionMeta) -> None:
+        """CollectionRecreated when the collection is no longer the one `meta` describes (another replica dropped
+        and re-created it), CollectionMissing when it is gone; nothing on the embedded engine, which one process
+        owns."""
+        if self.embedded:
+            return
+        now = self.current(name)
+        if now.generation != meta.generation:
+            raise CollectionRecreated(name, now.embedder, bool(now.chunking))
+
+    def cached_current(self, name: str) -> CollectionMeta | None:
+        """The record without I/O when that is sure to be current (the embedded engine); else None: ask current()."""
+        return self.collections.cached(name) if self.embedded else None
 
     def describe(self, name: str) -> tuple[CollectionMeta, int, int]:
         return self.collections.counts(name)
