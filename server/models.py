@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -196,7 +197,7 @@ def _pass_cost_file(loaded, r: "Resolved", kind: str, cache_dir: str) -> Path:
     device = str(loaded.device)
     where = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else prec_mod.cpu_identity()
     key = model_key(r.path, kind, loaded.backend, loaded.precision, device, where,
-                    f"threads {torch.get_num_threads()}", *(f"{m} {_version(m)}" for m in _VERSIONED))
+                    f"threads {torch.get_num_threads()}", *(f"{m} {_installed(m)}" for m in _VERSIONED))
     return Path(cache_dir or default_cache_dir()) / "passes" / f"{key}.json"
 
 
@@ -247,6 +248,14 @@ def _torch_only(path: str) -> bool:
 
 
 _VERSIONED = ("torch", "openvino", "onnxruntime", "sentence_transformers", "transformers")
+
+
+def _installed(dist: str) -> str:
+    """A package's version without importing it (a torch-only start need not load OpenVINO to name a cache)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def _version(module: str) -> str:

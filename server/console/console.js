@@ -16,11 +16,15 @@ class CallError extends Error {
   }
 }
 
-async function rpc(method, body) {
-  const headers = { "content-type": "application/json" };
+// Every call carries the token typed at sign-in, if any.
+function headers(extra) {
   const token = sessionStorage.getItem(TOKEN);
-  if (token) headers.authorization = "Bearer " + token;
-  const r = await fetch("/tandem.v1." + method, { method: "POST", headers, body: JSON.stringify(body || {}) });
+  return token ? { ...extra, authorization: "Bearer " + token } : { ...extra };
+}
+
+async function rpc(method, body) {
+  const r = await fetch("/tandem.v1." + method, { method: "POST", headers: headers({ "content-type": "application/json" }),
+    body: JSON.stringify(body || {}) });
   const text = await r.text();
   let data = {};
   try { data = text ? JSON.parse(text) : {}; } catch (e) { data = {}; }
@@ -380,10 +384,8 @@ async function* messages(response) {
 async function exportDocuments(collection) {
   say("c-error", "");
   say("c-status", `exporting ${collection}…`);
-  const headers = { "content-type": "application/connect+json" };
-  const token = sessionStorage.getItem(TOKEN);
-  if (token) headers.authorization = "Bearer " + token;
-  const r = await fetch("/tandem.v1.IndexService/Export", { method: "POST", headers, body: envelope({ collection }) });
+  const r = await fetch("/tandem.v1.IndexService/Export", { method: "POST",
+    headers: headers({ "content-type": "application/connect+json" }), body: envelope({ collection }) });
   if (!r.ok) {
     const text = await r.text();
     let message = text;
@@ -553,10 +555,7 @@ function sumBy(samples, name, key) {
 async function poll() {
   let text;
   try {
-    const headers = {};
-    const token = sessionStorage.getItem(TOKEN);
-    if (token) headers.authorization = "Bearer " + token;
-    const r = await fetch("/metrics", { headers });
+    const r = await fetch("/metrics", { headers: headers({}) });
     if (!r.ok) throw new Error(`${r.status} ${(await r.text()).slice(0, 200)}`);
     text = await r.text();
   } catch (e) {

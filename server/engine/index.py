@@ -191,7 +191,8 @@ class Indexer:
                                      "db.collection.name": batch.name, "tandem.documents": len(batch.rows)}):
             # Shared with other replicas (a Milvus server), the collection may have been created again while the
             # batch was embedded: never write rows made for the old one (its embedder, its schema).
-            await asyncio.to_thread(store.check_same, batch.name, batch.meta)
+            if not store.embedded:  # one process owns the embedded engine: nothing to check, no thread hop
+                await asyncio.to_thread(store.check_same, batch.name, batch.meta)
             try:
                 if batch.meta.chunking:
                     n, passages = await asyncio.to_thread(store.upsert_documents, batch.name, batch.rows)

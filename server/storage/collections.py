@@ -97,7 +97,10 @@ class Collections:
     def _lookup(self, name: str) -> CollectionMeta | None:
         if name in self._meta:
             return self._meta[name]
-        found = self.conn.call(lambda c: _describe(c, name))
+        try:  # named, so that a drop racing the describe is CollectionMissing (and forgotten), not an error
+            found = self.conn.call(lambda c: _describe(c, name), name)
+        except CollectionMissing:
+            return None
         if found is not None:
             self._meta[name] = found
         return found

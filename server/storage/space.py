@@ -33,7 +33,10 @@ class Floor:
         """Raise DiskFull while the folder's disk has less than the floor free (one statvfs call)."""
         if self.min_free_bytes <= 0:
             return
-        free = shutil.disk_usage(self.folder).free
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:  # the folder cannot be asked (removed under us): the engine's own error will say more
+            return
         if free >= self.min_free_bytes:
             if self._refusing:
                 self._refusing = False
