@@ -152,7 +152,6 @@ class Retriever:
         depth = q.rerank_depth or default_depth
         max_tokens = q.max_tokens_per_doc or default_tokens
         # A bad filter is INVALID_ARGUMENT before the collection is looked up; its form depends on the collection.
-        cached = store.cached_current(name)
-        flt = store.compile_filter(with_text(q.filter, q.filter_text), cached or store.cached_meta(name))
-        meta = cached or await asyncio.to_thread(store.current, name)
+        flt = store.compile_filter(with_text(q.filter, q.filter_text), store.cached_meta(name))
+        meta = store.cached_current(name) or await asyncio.to_thread(store.current, name)
         return name, meta, flt.for_collection(meta), stages, top_n, recall_k, depth, max_tokens
