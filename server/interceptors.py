@@ -162,13 +162,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 call = self._open(method, context)
                 if isinstance(request, _Undecodable):
                     raise request.error()
-                entered = True
-                if not self.admission.enter():
-                    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                    await context.abort(code, self.admission.busy)
+                if not exempt:  # a health Watch lasts as long as its client: it must not hold an admission slot
+                    entered = True
+                    if not self.admission.enter():
+                        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                        await context.abort(code, self.admission.busy)
                 self.gate.check(call, request)
-                async for item in behavior(request, context):
-                    yield item
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:  # written with context.write() and awaited (grpc's health Watch, which balancers use)
+                    await result
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 message = context.details() or ""
@@ -200,11 +205,9 @@ def _answer(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     return mapped
 
 
-def _authorization(md) -> str | None:
-    for key, value in md or ():
-        if key == "authorization" and isinstance(value, str):
-            return value
-    return None
+def _authorization(md) -> list[str]:
+    """Every authorization value (gRPC lowercases metadata keys on the wire)."""
+    return [value if isinstance(value, str) else "" for key, value in md or () if key == "authorization"]
 
 
 class _Undecodable:

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import random
+import socket
 from pathlib import Path
 
 import grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+
+
+# Over several replicas: round_robin over every address, each one's gRPC health watched, so a replica that drains
+# (NOT_SERVING at SIGTERM) or dies stops getting calls before its listener closes; what a mesh's sidecar does.
+_BALANCED = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
+
+
+def resolve_target(target: str) -> tuple[str, list]:
+    """The channel target and options for what a user names: one address as gRPC takes it (pick_first);
+    `host:port,host:port,...` (resolved once, now) or a `dns:///name:port` with several records (a headless
+    Service) balanced call by call over every healthy replica."""
+    if target.startswith("dns:") or target.startswith("ipv4:") or target.startswith("ipv6:"):
+        return target, [("grpc.service_config", _BALANCED)]
+    if "," not in target:
+        return target, []
+    v4, v6 = [], []
+    for part in (p.strip() for p in target.split(",") if p.strip()):
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"{part!r} in target {target!r} is not host:port")
+        host = host.strip("[]")
+        try:
+            addrs = [ipaddress.ip_address(host)]
+        except ValueError:
+            addrs = [ipaddress.ip_address(a[4][0]) for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)]
+        for a in dict.fromkeys(addrs):
+            (v4 if a.version == 4 else v6).append(f"{a}:{port}" if a.version == 4 else f"[{a}]:{port}")
+    if v4 and v6:  # one gRPC target holds one address family
+        raise ValueError(f"target {target!r} mixes IPv4 and IPv6 addresses; name one family")
+    return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6)), [("grpc.service_config", _BALANCED)]
 
 
 def _credentials(tls_ca: str | None, cert: tuple[str, str] | None) -> grpc.ChannelCredentials:
@@ -19,16 +52,18 @@ def _credentials(tls_ca: str | None, cert: tuple[str, str] | None) -> grpc.Chann
 
 def sync_channel(target: str, *, tls: bool = False, tls_ca: str | None = None,
                  cert: tuple[str, str] | None = None) -> grpc.Channel:
+    target, extra = resolve_target(target)
     if tls or tls_ca or cert:
-        return grpc.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS)
-    return grpc.insecure_channel(target, options=_OPTIONS)
+        return grpc.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS + extra)
+    return grpc.insecure_channel(target, options=_OPTIONS + extra)
 
 
 def aio_channel(target: str, *, tls: bool = False, tls_ca: str | None = None,
                 cert: tuple[str, str] | None = None) -> grpc.aio.Channel:
+    target, extra = resolve_target(target)
     if tls or tls_ca or cert:
-        return grpc.aio.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS)
-    return grpc.aio.insecure_channel(target, options=_OPTIONS)
+        return grpc.aio.secure_channel(target, _credentials(tls_ca, cert), options=_OPTIONS + extra)
+    return grpc.aio.insecure_channel(target, options=_OPTIONS + extra)
 
 
 def auth_metadata(token: str | None) -> tuple:

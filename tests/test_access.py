@@ -397,6 +397,7 @@ def plain(make_module_server, tiny_ce, tmp_path_factory):
     d = tmp_path_factory.mktemp("plain")
     path = d / "policy.toml"
     path.write_text(_policy(alice=_grant("alice-token"), bob=_grant("bob-token"),
+                            reader={"tokens": [digest("reader-token")], "read": ["*"]},
                             slow=_grant("slow-token", rps=1, burst=1), narrow=_grant("narrow-token", max_in_flight=1)))
     s = make_module_server("--reranker", f"tiny={tiny_ce}", "--warmup", "false", "--auth-policy", str(path))
     with s.channel() as ch:  # where _held_stream writes
@@ -557,6 +558,116 @@ def test_quotas_hold_one_principal_while_others_are_served(plain):
     m = s.metrics_text()
     assert value(m, "tandem_quota_rejected_total", principal="slow", quota="rps") >= 2
     assert value(m, "tandem_quota_rejected_total", principal="narrow", quota="max_in_flight") >= 2
+
+
+# -- shapes that bypassed other servers' key checks --------------------------------------------------------------
+
+def _raw(s, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 request sent exactly as written: the path unnormalised, headers repeated as given."""
+    import http.client
+
+    host, port = s.http_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        if body is not None and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+RERANK = json.dumps({"query": "q", "documents": ["a wing"]}).encode()
+CREATE = json.dumps({"collection": "bypassed"}).encode()
+JSON = ("Content-Type", "application/json")
+BOB, READER = ("Authorization", "Bearer bob-token"), ("Authorization", "Bearer reader-token")
+CREATE_PATH = "/tandem.v1.IndexService/CreateCollection"
+# (what is tried, method, path, headers, body, the statuses a person would expect). Every row reaches a route that
+# needs a scope the caller lacks (none, or `reader` on an admin call); none may reach the engine.
+BYPASS = [
+    ("no token", "POST", "/v1/rerank", [JSON], RERANK, {401}),
+    ("double slash", "POST", "//v1/rerank", [JSON], RERANK, {404}),
+    ("trailing slash", "POST", "/v1/rerank/", [JSON], RERANK, {404}),
+    ("dot segments", "POST", "/v1/../v1/rerank", [JSON], RERANK, {404}),
+    ("dot segment", "POST", "/v1/./rerank", [JSON], RERANK, {404}),
+    ("upper case", "POST", "/V1/RERANK", [JSON], RERANK, {404}),
+    ("percent-encoded letter (decoded: the same route, the same check)", "POST", "/v1/%72erank", [JSON], RERANK,
+     {401}),
+    ("percent-encoded slash", "POST", "/v1%2Frerank", [JSON], RERANK, {401, 404}),
+    ("a query string", "POST", "/v1/rerank?x=/health", [JSON], RERANK, {401}),
+    ("HEAD on a POST route", "HEAD", "/v1/rerank", [], None, {405}),
+    ("OPTIONS (a CORS preflight)", "OPTIONS", "/v1/rerank", [], None, {405}),
+    ("GET on a POST route", "GET", "/v1/rerank", [], None, {405}),
+    ("token in the query string", "POST", "/v1/rerank?access_token=bob-token", [JSON], RERANK, {401}),
+    ("token as ?authorization=", "POST", "/v1/rerank?authorization=Bearer%20bob-token", [JSON], RERANK, {401}),
+    ("token in another header", "POST", "/v1/rerank", [JSON, ("X-Api-Key", "bob-token")], RERANK, {401}),
+    ("Basic scheme", "POST", "/v1/rerank", [JSON, ("Authorization", "Basic Ym9iLXRva2Vu")], RERANK, {401}),
+    ("two Authorization headers, the good one first", "POST", "/v1/rerank",
+     [JSON, BOB, ("Authorization", "Bearer nobody")], RERANK, {401}),
+    ("two Authorization headers, the good one last", "POST", "/v1/rerank",
+     [JSON, ("Authorization", "Bearer nobody"), BOB], RERANK, {401}),
+    ("Transfer-Encoding and Content-Length together", "POST", "/v1/rerank",
+     [JSON, ("Transfer-Encoding", "chunked"), ("Content-Length", "5")], b"0\r\n\r\n", {400}),
+    ("Transfer-Encoding: chunked, identity", "POST", "/v1/rerank", [JSON, ("Transfer-Encoding", "chunked, identity")],
+     b"0\r\n\r\n", {400, 501}),
+    ("reader on an admin call", "POST", CREATE_PATH, [JSON, READER], CREATE, {403}),
+    ("reader, Connect route in lower case", "POST", CREATE_PATH.lower(), [JSON, READER], CREATE, {404}),
+    ("reader, Connect route with a trailing slash", "POST", CREATE_PATH + "/", [JSON, READER], CREATE, {404}),
+    ("reader, Connect route with a double slash", "POST", CREATE_PATH.replace("/Create", "//Create"),
+     [JSON, READER], CREATE, {404}),
+    ("reader, Connect route percent-encoded", "POST", CREATE_PATH.replace("Create", "%43reate"), [JSON, READER],
+     CREATE, {403}),
+    ("reader, Connect route without the package", "POST", "/IndexService/CreateCollection", [JSON, READER], CREATE,
+     {404}),
+    ("reader, the gRPC content type", "POST", CREATE_PATH, [("Content-Type", "application/grpc"), READER],
+     b"\x00\x00\x00\x00\x0a\x0a\x08bypassed", {400, 403, 415}),  # refused by content type first
+    ("reader with an admin token second", "POST", CREATE_PATH, [JSON, READER, BOB], CREATE, {401}),
+]
+
+
+@pytest.mark.parametrize("what, method, path, headers, body, expected", BYPASS, ids=[b[0] for b in BYPASS])
+def test_no_bypass_shape_reaches_the_engine_over_http(plain, what, method, path, headers, body, expected):
+    s, _ = plain
+    status, payload = _raw(s, method, path, headers, body)
+    assert status in expected, (what, status, payload[:300])
+
+
+def test_no_bypass_shape_reaches_the_engine_over_grpc(plain):
+    s, _ = plain
+    req = index_pb2.CreateCollectionRequest(collection="bypassed")
+    with s.channel() as ch:
+        index = index_pb2_grpc.IndexServiceStub(ch)
+        shapes = [  # (what, metadata, the code a person would expect)
+            ("no token", [], UNAUTH),
+            ("reader", [("authorization", "Bearer reader-token")], "PERMISSION_DENIED"),
+            ("reader, then an admin token", [("authorization", "Bearer reader-token"),
+                                             ("authorization", "Bearer bob-token")], UNAUTH),
+            ("an admin token, then nobody", [("authorization", "Bearer bob-token"),
+                                             ("authorization", "Bearer nobody")], UNAUTH),
+            ("token under another key", [("x-api-key", "bob-token")], UNAUTH),
+            ("token as binary metadata", [("authorization-bin", b"Bearer bob-token")], UNAUTH),
+            ("lower-case scheme (RFC 7235: case-insensitive)", [("authorization", "bearer reader-token")],
+             "PERMISSION_DENIED"),
+        ]
+        for what, md, code in shapes:
+            assert _status(lambda: index.CreateCollection(req, metadata=md, timeout=30)) == code, what
+        # Upper-case keys do not exist on the wire (HTTP/2 lower-cases them); the client library refuses them.
+        with pytest.raises(Exception):
+            index.CreateCollection(req, metadata=[("Authorization", "Bearer bob-token")], timeout=30)
+        # The method spelled differently is no method at all.
+        odd = ch.unary_unary("/tandem.v1.IndexService/createcollection", request_serializer=lambda m:
+                             m.SerializeToString(), response_deserializer=index_pb2.CreateCollectionResponse.FromString)
+        assert _status(lambda: odd(req, metadata=[("authorization", "Bearer reader-token")], timeout=30)) == \
+            "UNIMPLEMENTED"
+        listed = index.ListCollections(index_pb2.ListCollectionsRequest(),
+                                       metadata=[("authorization", "Bearer bob-token")], timeout=30)
+    assert "bypassed" not in listed.collections  # neither transport created it
+    status, _ = _raw(s, "POST", "/v1/rerank", [JSON, BOB], RERANK)
+    assert status == 200  # the server serves the right caller after all of the above
 
 
 # -- no server needed ----------------------------------------------------------------------------------------------

@@ -151,3 +151,21 @@ def test_dashboard_and_rules_only_use_metrics_the_server_exports(server, stubs):
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for needed in ("request rate", "error ratio", "p99", "stage", "batch size", "queue depth", "queue wait"):
         assert needed in titles, needed
+
+
+def test_the_hpa_scales_on_calls_in_flight_through_the_adapter_rule(server, tmp_path):
+    """The adapter rule names a metric the server exports, its query (rendered as the adapter renders it) parses in
+    promtool, and the HPA asks for the metric the rule makes, with CPU beside it."""
+    rule = yaml.safe_load((DEPLOY / "k8s/prometheus-adapter/values.yaml").read_text())["rules"]["custom"][0]
+    series = re.match(r"([a-z_]+)\{", rule["seriesQuery"]).group(1)
+    assert f"# HELP {series} " in server.metrics_text()
+    hpa = yaml.safe_load((DEPLOY / "k8s/base/hpa.yaml").read_text())
+    kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert kinds["Pods"]["pods"]["metric"]["name"] == rule["name"]["as"] and "Resource" in kinds
+    query = (rule["metricsQuery"].replace("<<.Series>>", series)
+             .replace("<<.LabelMatchers>>", 'namespace="tandem",pod=~"tandem-.*"').replace("<<.GroupBy>>", "pod"))
+    rendered = tmp_path / "adapter-rule.yml"
+    rendered.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": [
+        {"record": "tandem:calls_in_flight:by_pod", "expr": query}]}]}))
+    r = promtool("check", "rules", str(rendered))
+    assert r.returncode == 0, r.stdout + r.stderr

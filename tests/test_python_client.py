@@ -3,6 +3,7 @@ server restart, overload retries for idempotent calls only, tokens and TLS."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -163,3 +164,18 @@ def test_token_and_tls(make_server, pki, tiny_ce, tmp_path):  # noqa: F811
             assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     finally:
         s.terminate()
+
+
+def test_a_target_naming_several_replicas_is_balanced_with_health_checks():
+    from tandem.channel import resolve_target
+
+    assert resolve_target("127.0.0.1:50051") == ("127.0.0.1:50051", [])  # one address: as gRPC takes it
+    target, options = resolve_target("127.0.0.1:1, 127.0.0.2:2")
+    assert target == "ipv4:127.0.0.1:1,127.0.0.2:2"
+    config = json.loads(dict(options)["grpc.service_config"])
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    assert resolve_target("dns:///tandem-headless.tandem:50051")[1] == options  # a headless Service's records
+    assert resolve_target("localhost:7,localhost:8")[0].count(":7") >= 1  # names resolved once, now
+    for bad, says in (("127.0.0.1,127.0.0.2:2", "is not host:port"), ("127.0.0.1:1,[::1]:2", "mixes IPv4")):
+        with pytest.raises(ValueError, match=says):
+            resolve_target(bad)

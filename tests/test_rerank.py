@@ -112,6 +112,23 @@ def test_health_per_service(stubs):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_health_watch_streams_the_status(server, stubs):
+    """Watch is what gRPC's client-side health checking (round_robin over replicas) calls; it was INTERNAL
+    until v0.3 (the interceptor expected a generator), which made every balanced client fail."""
+    h = health_pb2_grpc.HealthStub(stubs.channel)
+    watches = [h.Watch(health_pb2.HealthCheckRequest(service="tandem.v1.SearchService"), timeout=30)
+               for _ in range(3)]
+    try:
+        for w in watches:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        text = server.metrics_text()
+        assert 'tandem_requests_in_flight{method="/grpc.health.v1.Health/Watch"} 3.0' in text
+        assert stubs.info.Info(info_pb2.InfoRequest(), timeout=30).default_reranker
+    finally:
+        for w in watches:
+            w.cancel()
+
+
 def test_reflection_lists_and_describes_services(stubs):
     db = ProtoReflectionDescriptorDatabase(stubs.channel)
     services = set(db.get_services())

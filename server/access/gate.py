@@ -135,10 +135,11 @@ class Gate:
 
     # -- calls ----------------------------------------------------------------------------------------------
 
-    def open(self, method: str, transport: str, peer: str, authorization: str | None,
+    def open(self, method: str, transport: str, peer: str, authorization: list[str],
              identities: Callable[[], list[str]], rule: Rule | None = None) -> Call | None:
         """Authenticate the caller and count the call into its quotas. None when auth is off or the method is
-        exempt; raises Denied otherwise. What the call may touch is `check`ed next."""
+        exempt; raises Denied otherwise. `authorization`: every value the call carried (header or metadata);
+        what the call may touch is `check`ed next."""
         policy = self.policy
         if policy is None:
             return None
@@ -150,7 +151,10 @@ class Gate:
             if self.exempt_health:
                 return None
             rule = OPEN
-        principal, reason = self._authenticate(policy, authorization, identities)
+        if len(authorization) > 1:  # a proxy may read one and us another: never guess which is meant
+            self._deny(method, transport, peer, Kind.UNAUTHENTICATED, "malformed",
+                       f"{len(authorization)} authorization values: send exactly one")
+        principal, reason = self._authenticate(policy, authorization[0] if authorization else None, identities)
         if principal is None:
             self._deny(method, transport, peer, Kind.UNAUTHENTICATED, reason, HINT)
         call = Call(method, transport, peer, principal, rule, admin=rule.scope == policies.ADMIN)

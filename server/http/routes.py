@@ -144,7 +144,7 @@ class Guard:
             tracing.close_http(span, status[0], code)
 
     def _open(self, route: Route, scope):
-        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        authorization = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
         client = scope.get("client")
         return self.gate.open(route.path, "http", f"{client[0]}:{client[1]}" if client else "", authorization,
                               lambda: scope.get("extensions", {}).get(PEER_IDENTITIES, []), route.rule)

@@ -32,11 +32,16 @@ class MilvusLite:
     def reachable(self) -> bool:
         from pymilvus import MilvusClient
 
+        client = None
         try:
-            MilvusClient(uri=self.uri, timeout=2).list_collections(timeout=2)
+            client = MilvusClient(uri=self.uri, timeout=2)
+            client.list_collections(timeout=2)
             return True
         except Exception:
             return False
+        finally:
+            if client is not None:  # an open probe keeps pinging, and the engine answers GOAWAY too_many_pings
+                client.close()
 
     def stop(self):
         self.engine.stop()
