@@ -45,6 +45,7 @@ SERVICES = (rerank_pb2.DESCRIPTOR.services_by_name["RerankService"],
             info_pb2.DESCRIPTOR.services_by_name["InfoService"])
 RERANK, SEARCH, INDEX, EMBED, INFO = (s.full_name for s in SERVICES)
 STORE_SERVICES = (SEARCH, INDEX)
+IDLE_CONNECTION_MS = 5 * 60 * 1000  # gRPC's GOAWAY to a connection with no call; clients reconnect on their next
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -192,10 +193,16 @@ class TandemServer:
 
         admission = Admission(cfg.max_concurrent_requests)
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(admission, self.gate)],
+            interceptors=[ServerInterceptor(admission, self.gate, cfg.stall_timeout_seconds)],
             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                      ("grpc.max_send_message_length", cfg.max_message_bytes),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     # Connections that hold resources without using them: a handshake that never finishes, more
+                     # calls at once than a client needs, a connection with no call for minutes (a balancer's
+                     # health Watch is a call, so a balanced client's connection is never idle).
+                     ("grpc.server_handshake_timeout_ms", int(cfg.stall_timeout_seconds * 1000)),
+                     ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+                     ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS)],
         )
         engine = Engine.over(rt)  # the one engine every transport adapts
         servicers = {RERANK: RerankService(engine), SEARCH: SearchService(engine), INDEX: IndexService(engine),

@@ -115,6 +115,16 @@ class Config:
     max_windows_per_document: int = _f(64, "Rerank with LONG_DOCUMENTS_CHUNK: most windows one document may split "
                                            "into")
     max_concurrent_requests: int = _f(512, "RPCs in flight before new ones get RESOURCE_EXHAUSTED")
+    stall_timeout_seconds: float = _f(30.0, "a request that stops arriving is ended after this long: HTTP headers "
+                                            "not complete this long after the connection (or their first byte), or "
+                                            "a body pausing this long, get 408 and the connection closes; a gRPC "
+                                            "client stream (UpsertStream, Import) sending nothing this long ends "
+                                            "DEADLINE_EXCEEDED; a gRPC connection that does not finish its "
+                                            "handshake in this time is closed")
+    max_http_connections: int = _f(1024, "HTTP connections (and requests) at once; beyond it each request gets 503 "
+                                         "at once")
+    max_streams_per_connection: int = _f(128, "gRPC calls at once on one HTTP/2 connection; a client queues the "
+                                              "rest, or sees UNAVAILABLE (refused stream), which it may retry")
     # lifecycle
     event_loop: str = _f("auto", "auto | uvloop | asyncio: the server's event loop; auto = uvloop where it is "
                                  "installed (a dependency on Linux and macOS)")
@@ -184,7 +194,7 @@ class Config:
         positive = ["max_batch_pairs", "queue_capacity", "embed_max_batch", "embed_queue_capacity",
                     "recall_max_batch", "recall_queue_capacity", "max_documents_per_request",
                     "max_text_bytes", "max_message_bytes", "max_recall_k", "max_concurrent_requests", "max_windows_per_document",
-                    "seal_max_rows"]
+                    "seal_max_rows", "stall_timeout_seconds", "max_http_connections", "max_streams_per_connection"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -45,8 +45,9 @@ def call_timings() -> dict:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, admission: Admission, gate: Gate | None = None):
+    def __init__(self, admission: Admission, gate: Gate | None = None, stall_seconds: float = 30.0):
         self.admission = admission  # shared with the HTTP server: one limit for the process
+        self.stall_seconds = stall_seconds
         self.gate = gate or Gate()  # shared too: one policy, one set of quotas
         # The wrapped handler per method, built once: this runs on every RPC. Only methods the server
         # serves get an entry, so the set is closed.
@@ -86,7 +87,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return handler._replace(unary_unary=self._wrap(handler.unary_unary, method, exempt))
         if handler.stream_unary:
-            checked = _checked_stream(handler.stream_unary, self.gate)
+            checked = _checked_stream(handler.stream_unary, self.gate, self.stall_seconds)
             return handler._replace(stream_unary=self._wrap(checked, method, exempt, streaming=True))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
@@ -231,12 +232,26 @@ def _lenient(deserializer):
     return decode
 
 
-def _checked_stream(behavior, gate: Gate):
+def _checked_stream(behavior, gate: Gate, stall_seconds: float):
+    """A client stream's messages, each checked by the gate; one that does not come within `stall_seconds` ends
+    the call, so a client that opens UpsertStream and sends nothing holds an admission slot for no longer."""
+    stalled = metrics.STALLED.labels("grpc")
+
     async def checked(request_iterator, context):
         call = CALLER.get()
 
         async def messages():
-            async for msg in request_iterator:
+            it = request_iterator.__aiter__()
+            while True:
+                try:
+                    msg = await asyncio.wait_for(it.__anext__(), stall_seconds)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    stalled.inc()
+                    raise TandemError(f"no message on this stream for {stall_seconds:g}s "
+                                      "(--stall-timeout-seconds): send the next one sooner, or end the stream",
+                                      Kind.DEADLINE_EXCEEDED) from None
                 if isinstance(msg, _Undecodable):
                     raise msg.error()
                 gate.check(call, msg)

@@ -30,6 +30,8 @@ DEGRADE_REASONS = ("overloaded", "deadline_exceeded", "model_error", "shutting_d
 for _r in DEGRADE_REASONS:  # export zeros from the start, so rate() and dashboards see the series
     DEGRADED.labels(_r)
 
+STALLED = Counter("tandem_stalled_connections", "Connections closed because a request (HTTP) or a client stream "
+                  "(gRPC) stopped arriving for longer than --stall-timeout-seconds", ["transport"])
 QUEUE_DEPTH = Gauge("tandem_queue_depth", "Items waiting in a worker queue", ["worker", "model"])
 QUEUE_CAPACITY = Gauge("tandem_queue_capacity", "Items a worker queue holds before refusing work", ["worker", "model"])
 QUEUE_WAIT = Histogram("tandem_queue_wait_seconds", "Time an item waited in a worker queue",

@@ -21,6 +21,7 @@ from tandem.server.http.console import ConsoleRoutes
 from tandem.server.http.embed import EmbedRoutes
 from tandem.server.http.info import InfoRoutes
 from tandem.server.http.rerank import RerankRoutes
+from tandem.server.http.stalls import with_stall_timeout
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,10 @@ class HttpServer:
         config = uvicorn.Config(self.app, host=self.cfg.http_host, port=self.cfg.http_port, lifespan="off",
                                 log_level="warning", access_log=False, server_header=False,
                                 timeout_graceful_shutdown=self.cfg.grace_seconds,
-                                limit_concurrency=None, backlog=2048, **self.ssl)
+                                limit_concurrency=self.cfg.max_http_connections, backlog=2048, **self.ssl)
+        config.load()
+        config.http_protocol_class = with_stall_timeout(config.http_protocol_class, self.cfg.stall_timeout_seconds)
         if self.ssl.get("ssl_ca_certs"):  # mTLS: the gate may authenticate callers by their certificate
-            config.load()
             config.http_protocol_class = _with_peer_identities(config.http_protocol_class)
         self.port = sock.getsockname()[1]
         self._server = _Uvicorn(config)
