@@ -16,6 +16,7 @@ from tandem.workers.exported import atomic_write, backend_classes, example_input
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
+RUNTIME_CACHE_SHAPES = 256
 
 
 def version() -> str:
@@ -41,7 +42,10 @@ def compile(st_model, kind: str, precision: str, folder: Path, threads: int):
         atomic_write(xml, save)  # model.xml last: an interrupted conversion leaves none behind
         log.info("converted %s to OpenVINO IR in %s", kind, folder)
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+              # Kernels kept per input shape (workers/exported.py pads lengths so that few shapes occur): a bound
+              # on memory whatever the traffic, at the price of a recompile (milliseconds) past it.
+              "CPU_RUNTIME_CACHE_CAPACITY": str(RUNTIME_CACHE_SHAPES)}
     compiled = ov.Core().compile_model(str(xml), "CPU", config)
     names = [i.get_any_name() for i in compiled.inputs]
     request = compiled.create_infer_request()  # used only on the compute thread
