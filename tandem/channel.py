@@ -23,7 +23,7 @@ def resolve_target(target: str) -> tuple[str, list]:
     """The channel target and options for what a user names: one address as gRPC takes it (pick_first);
     `host:port,host:port,...` (resolved once, now) or a `dns:///name:port` with several records (a headless
     Service) balanced call by call over every healthy replica."""
-    if target.startswith("dns:") or target.startswith("ipv4:") or target.startswith("ipv6:"):
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
         return target, [("grpc.service_config", _BALANCED)]
     if "," not in target:
         return target, []

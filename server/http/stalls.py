@@ -62,8 +62,7 @@ def with_stall_timeout(base: type, seconds: float) -> type:
             stalled.inc()
             body = (b'{"error": {"message": "the request did not arrive within %gs (send the headers, and each part '
                     b'of the body, without a longer pause)", "type": "request_timeout", "code": 408}}' % seconds)
-            if cycle is None or cycle.response_complete or not cycle.response_started:
-                self.transport.write(TIMEOUT_408 % (len(body), body))
+            self.transport.write(TIMEOUT_408 % (len(body), body))  # receiving: no response has started
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() answers http.disconnect
                 cycle.message_event.set()
