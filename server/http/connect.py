@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 import orjson
 
 from tandem.server.access import CALLER, RULES, Denied, Gate
-from tandem.server.http import errors
+from tandem.server.http import errors, protojson
 from tandem.server.http.calls import call, set_code
 from tandem.server.http.errors import Failure, internal
 from tandem.server.http.routes import Route
@@ -69,11 +69,10 @@ class ConnectRoutes:
             raw = await request.body()
             try:
                 deadline = _deadline(request)
-                msg = request_class.FromString(raw) if binary else json_format.Parse(
-                    raw or b"{}", request_class(), ignore_unknown_fields=True)
+                msg = request_class.FromString(raw) if binary else _from_json(raw, request_class)
             except Failure as f:
                 return _render(f)
-            except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+            except (ValueError, json_format.ParseError, DecodeError) as exc:
                 return _render(Failure(400, "invalid_argument",
                                        f"the body is not a {method.input_type.full_name}: {exc}"))
             try:
@@ -140,11 +139,14 @@ class ConnectRoutes:
                     out.append(Route(path, self._stream_endpoint(servicer, method), errors.CONNECT,
                                      f"{service.name}.{method.name} (Connect server stream; enveloped JSON or "
                                      "binary)", content_types=(STREAM_JSON, STREAM_PROTO),
-                                     tags=("tandem.v1 (Connect)",), rule=RULES[path]))
+                                     tags=("tandem.v1 (Connect)",), rule=RULES[path],
+                                     answers=(STREAM_JSON, STREAM_PROTO),
+                                     contract=(method.input_type, method.output_type)))
                     continue
                 out.append(Route(path, self._endpoint(servicer, method), errors.CONNECT,
                                  f"{service.name}.{method.name} (Connect unary; JSON or binary)",
-                                 content_types=(JSON, PROTO), tags=("tandem.v1 (Connect)",), rule=RULES[path]))
+                                 content_types=(JSON, PROTO), tags=("tandem.v1 (Connect)",), rule=RULES[path],
+                                 answers=(JSON, PROTO), contract=(method.input_type, method.output_type)))
         return out
 
 
@@ -177,10 +179,17 @@ def _unenvelope(raw: bytes, request_class, binary: bool, name: str):
                       f"{name}")
     try:
         body = raw[5:]
-        return request_class.FromString(body) if binary else json_format.Parse(
-            body or b"{}", request_class(), ignore_unknown_fields=True)
-    except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+        return request_class.FromString(body) if binary else _from_json(body, request_class)
+    except (ValueError, json_format.ParseError, DecodeError) as exc:
         raise Failure(400, "invalid_argument", f"the message is not a {name}: {exc}") from None
+
+
+def _from_json(raw: bytes, request_class):
+    """A message from its proto3 JSON, refusing the shapes json_format would read leniently (server/http/
+    protojson.py). Unknown fields are ignored, as Connect servers do."""
+    data = orjson.loads(raw or b"{}")
+    protojson.check(request_class.DESCRIPTOR, data)
+    return json_format.ParseDict(data, request_class(), ignore_unknown_fields=True)
 
 
 def _render(f: Failure) -> Response:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tandem.server.access import Rule
+from tandem.server.errors import Kind
 from tandem.server.http import errors
 from tandem.server.http.routes import Route
 
@@ -50,4 +51,5 @@ class ConsoleRoutes:
         pages += [Route(f"{PATH}/{name}", self._file(name), errors.CONNECT, f"The console's {name}", method="GET",
                         static=True, tags=("console",)) for name in sorted(self.files) if name != "index.html"]
         return [*pages, Route("/metrics", self.metrics, errors.OPENAI, "Prometheus metrics (as on --metrics-port)",
-                              method="GET", rule=Rule(None), tags=("server",))]
+                              method="GET", rule=Rule(None), tags=("server",), fails=(Kind.INTERNAL,),
+                              answers=(CONTENT_TYPE_LATEST.split(";")[0],))]

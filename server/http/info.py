@@ -7,10 +7,14 @@ from typing import Callable
 from starlette.requests import Request
 
 from tandem.server.engine import Engine
+from tandem.server.errors import Kind
 from tandem.server.http import errors
 from tandem.server.http.calls import json, set_code
 from tandem.server.access import Rule
 from tandem.server.http.routes import Route
+
+
+HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "not_serving"]}}}
 
 
 class InfoRoutes:
@@ -49,8 +53,10 @@ class InfoRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/info", self.tei_info, errors.TEI, "TEI info: the default model and the limits", method="GET"),
+            Route("/info", self.tei_info, errors.TEI, "TEI info: the default model and the limits", method="GET",
+                  fails=(Kind.INTERNAL,)),
             Route("/health", self.health, errors.TEI, "200 while serving, 503 while not", method="GET", public=True,
-                  rule=Rule(None)),
-            Route("/v1/models", self.models, errors.OPENAI, "OpenAI model list", method="GET"),
+                  rule=Rule(None), fails=(), also={503: HEALTH}),
+            Route("/v1/models", self.models, errors.OPENAI, "OpenAI model list", method="GET",
+                  fails=(Kind.INTERNAL,)),
         ]

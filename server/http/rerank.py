@@ -91,5 +91,6 @@ class RerankRoutes:
                   response=DocumentsRerankResponse),
             Route("/rerank", self.shared, errors.OPENAI,
                   "TEI rerank (a body with `texts`), or vLLM / Infinity rerank (a body with `documents`)",
-                  body=(TeiRerank, DocumentsRerank), response=Union[list[TeiRank], DocumentsRerankResponse]),
+                  body=(TeiRerank, DocumentsRerank), response=Union[list[TeiRank], DocumentsRerankResponse],
+                  also_dialects=(errors.TEI,)),
         ]

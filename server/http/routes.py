@@ -24,7 +24,7 @@ from tandem.server.admission import Admission
 from tandem.server.access import CALLER, Denied, Gate, Rule
 from tandem.server.access.policy import READ
 from tandem.server.errors import Kind
-from tandem.server.http import errors
+from tandem.server.http import errors, openapi
 from tandem.server.http.errors import RETRY_AFTER_SECONDS, Dialect, Failure
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ CODE_OF_STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 40
                   409: "ALREADY_EXISTS", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
                   429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 503: "UNAVAILABLE",
                   504: "DEADLINE_EXCEEDED"}
+
+
+# What a route that calls the engine can fail with (server/errors.py); the access kinds are the Guard's.
+ENGINE_FAILURES = tuple(k for k in Kind if k not in (Kind.UNAUTHENTICATED, Kind.PERMISSION_DENIED))
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,14 @@ class Route:
     response: object = None  # the response model, for the OpenAPI document only (routes return bodies as built)
     content_types: tuple[str, ...] = (JSON,)
     tags: tuple[str, ...] = field(default=("dialects",))
+    # For the OpenAPI document (server/http/openapi.py): what the route's own code can fail with (the Guard's
+    # refusals are added there), other envelopes, the media types of its 200, other answers that are not errors (health's 503),
+    # and, for a Connect route, its request and response message descriptors.
+    fails: tuple[Kind, ...] = ENGINE_FAILURES
+    also_dialects: tuple[Dialect, ...] = ()  # other envelopes its errors may come in (/rerank answers TEI's to TEI)
+    answers: tuple[str, ...] = (JSON,)
+    also: dict = field(default_factory=dict)
+    contract: tuple | None = None
 
 
 def validation_failure(problems: list[dict]) -> Failure:
@@ -87,8 +99,9 @@ class Guard:
             return await self.app(scope, receive, send)
         route = self.table.get((scope["method"], scope["path"]))
         if route is None:  # only listed routes are served; no metric label is made for anything else
-            known = any(path == scope["path"] for _, path in self.table)
-            f = Failure(405, "invalid_argument", f"{scope['method']} is not allowed on {scope['path']}") if known \
+            allowed = sorted(method for method, path in self.table if path == scope["path"])
+            f = Failure(405, "invalid_argument", f"{scope['method']} is not allowed on {scope['path']}; use "
+                        f"{' or '.join(allowed)}", {"allow": ", ".join(allowed)}) if allowed \
                 else Failure(404, "not_found", f"no route {scope['path']}; see /openapi.json")
             return await errors.render(f, errors.OPENAI)(scope, receive, send)
         start = time.perf_counter()
@@ -218,7 +231,7 @@ def _declared(scope) -> int | None:
 
 
 def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes: int, exempt_public: bool,
-          version: str) -> FastAPI:
+          version: str, limits: tuple[int, int, int] = (1000, 262144, 1000)) -> FastAPI:
     """The ASGI app: the routes, their guard, and an OpenAPI document at /openapi.json (no docs page: its assets
     would come from a CDN, which an offline deployment cannot reach)."""
     app = FastAPI(title="Tandem HTTP API", version=version, docs_url=None, redoc_url=None,
@@ -226,8 +239,8 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
                               "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.",
                   **_no_native_telemetry())
     # The OpenAPI document is FastAPI's own route; listed here so that it is behind the token like the rest.
-    table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET",
-                                             rule=Rule(None))}
+    table = {("GET", "/openapi.json"): Route("/openapi.json", lambda: app.openapi(), errors.OPENAI, "OpenAPI",
+                                             method="GET", rule=Rule(None), fails=())}
     for r in routes:
         extra = None
         if r.body:
@@ -256,7 +269,7 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
         request.scope.setdefault("tandem", {})["code"] = f.kind.upper()
         return errors.render(f, dialect(request))
 
-    _document_bodies(app, routes)
+    openapi.document(app, table, exempt_public, limits, gate.required)
     app.add_middleware(Guard, table=table, gate=gate, admission=admission, max_body_bytes=max_body_bytes,
                        exempt_public=exempt_public)
     return app
@@ -270,24 +283,3 @@ def _no_native_telemetry() -> dict:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
                           "auto_configure": False}}
-
-
-def _document_bodies(app: FastAPI, routes: list[Route]) -> None:
-    """Put the body models of routes that parse their own body into the OpenAPI components."""
-    models = {m for r in routes for m in r.body}
-    if not models:
-        return
-    plain = app.openapi
-
-    def openapi():
-        if app.openapi_schema is None:
-            schema = plain()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for m in models:
-                s = m.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(s.pop("$defs", {}))
-                components[m.__name__] = s
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi

@@ -81,7 +81,8 @@ class HttpServer:
                  *InfoRoutes(engine, lambda: self.serving).routes(), *ConnectRoutes(servicers, services, gate).routes(),
                  *ConsoleRoutes().routes()]
         self.app = routes.build(table, gate, admission, cfg.max_message_bytes, cfg.auth_exempt_health,
-                                tandem_version())
+                                tandem_version(), (cfg.max_documents_per_request, cfg.max_text_bytes,
+                                                   cfg.max_recall_k))
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
         self.port = 0
