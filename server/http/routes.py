@@ -58,8 +58,8 @@ class Route:
     content_types: tuple[str, ...] = (JSON,)
     tags: tuple[str, ...] = field(default=("dialects",))
     # For the OpenAPI document (server/http/openapi.py): what the route's own code can fail with (the Guard's
-    # refusals are added there), other envelopes, the media types of its 200, other answers that are not errors (health's 503),
-    # and, for a Connect route, its request and response message descriptors.
+    # refusals are added there), other envelopes, the media types of its 200, other answers that are not errors
+    # (health's 503), and, for a Connect route, its request and response message descriptors.
     fails: tuple[Kind, ...] = ENGINE_FAILURES
     also_dialects: tuple[Dialect, ...] = ()  # other envelopes its errors may come in (/rerank answers TEI's to TEI)
     answers: tuple[str, ...] = (JSON,)
