@@ -29,6 +29,7 @@ from tandem.server.rerank import RerankService
 from tandem.server.runtime import Runtime
 from tandem.server.search import SearchService
 from tandem.server.storage import Store, StoreError
+from tandem.server.storage.recycler import Recycler
 from tandem.server.storage.sealer import Sealer
 from tandem.v1 import (embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, info_pb2, info_pb2_grpc,
                        rerank_pb2, rerank_pb2_grpc, search_pb2, search_pb2_grpc)
@@ -137,6 +138,9 @@ async def assemble(rt: Runtime) -> Runtime:
     if rt.store.embedded and cfg.seal_quiet_seconds > 0:
         rt.sealer = Sealer(rt.store, cfg.seal_quiet_seconds, cfg.seal_max_rows)
         rt.sealer.start()
+    if rt.store.engine is not None and cfg.engine_recycle_mb > 0:
+        rt.recycler = Recycler(rt.store.conn, cfg.engine_recycle_mb, cfg.engine_recycle_check_seconds)
+        rt.recycler.start()
     rt.recall = Batcher("recall", RecallBackend(rt.store), cfg.recall_limits,
                         metrics.BatcherMetrics("recall", "", cfg.recall_queue_capacity), passthrough=(TandemError,))
     for b in rt.batchers():
@@ -153,6 +157,8 @@ async def release(rt: Runtime) -> None:
         await b.stop(drain_seconds=0)
     if rt.sealer is not None:
         await rt.sealer.stop()
+    if rt.recycler is not None:
+        await rt.recycler.stop()
     if rt.store is not None:
         await asyncio.to_thread(rt.store.close)
 

@@ -82,6 +82,10 @@ class Config:
     seal_quiet_seconds: float = _f(1.0, "embedded Milvus: seal a collection once its writes have been quiet this "
                                         "long (0 = never; a Milvus server seals by itself)")
     seal_max_rows: int = _f(10000, "embedded Milvus: seal at once when this many written rows are unsealed")
+    engine_recycle_mb: int = _f(1024, "embedded Milvus: restart its child once its memory has grown this many MB "
+                                      "since it started (milvus-lite keeps deleted and replaced rows in memory and "
+                                      "cannot compact; a restart gives it back, losing nothing); 0 = never")
+    engine_recycle_check_seconds: float = _f(30.0, "embedded Milvus: how often its child's memory is read")
     min_free_disk_mb: int = _f(256, "embedded Milvus: refuse writes (RESOURCE_EXHAUSTED) while the data disk has "
                                     "less free space than this, so the engine never runs out mid-write (0 = no floor)")
     # reranker batching
@@ -218,6 +222,8 @@ class Config:
                                  "of letters, digits, '.', '_' and '-' (the folder may be any path)")
         if self.min_free_disk_mb < 0:
             raise ValueError("min_free_disk_mb must be 0 (no floor) or positive")
+        if self.engine_recycle_mb < 0 or self.engine_recycle_check_seconds <= 0:
+            raise ValueError("engine_recycle_mb must be 0 (never) or positive, engine_recycle_check_seconds positive")
         if self.seal_quiet_seconds < 0:
             raise ValueError("seal_quiet_seconds must be 0 (never) or positive")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -47,6 +47,10 @@ STORE_FLUSH_SECONDS = Histogram("tandem_store_flush_seconds", "Background seals 
                                 buckets=SECONDS)
 STORE_UNSEALED_ROWS = Gauge("tandem_store_unsealed_rows", "Acknowledged rows written since their collection's last seal")
 STORE_ENGINE_RESTARTS = Counter("tandem_store_engine_restarts", "Times the embedded Milvus child was restarted")
+STORE_ENGINE_RECYCLES = Counter("tandem_store_engine_recycles", "Times the embedded Milvus child was restarted on "
+                                "purpose, to give back the memory it keeps (--engine-recycle-mb)")
+STORE_ENGINE_RSS = Gauge("tandem_store_engine_resident_bytes", "Resident memory of the embedded Milvus child, as "
+                         "last read (every --engine-recycle-check-seconds)")
 RECALL_FILTER = Counter("tandem_recall_filtered_queries", "Filtered recall queries, by where the filter ran: "
                         "post (Tandem, over oversampled candidates) or engine", ["path"])
 for _p in ("post", "engine"):

@@ -13,6 +13,7 @@ from tandem.server.chunking import Splitter
 from tandem.server.config import Config
 from tandem.server.errors import Kind, TandemError, not_found, precondition
 from tandem.server.storage import CollectionMeta, Store
+from tandem.server.storage.recycler import Recycler
 from tandem.server.storage.sealer import Sealer
 from tandem.workers import Batcher
 
@@ -31,6 +32,7 @@ class Runtime:
     recall: Batcher | None = None
     store: Store | None = None
     sealer: Sealer | None = None  # for an embedded store
+    recycler: Recycler | None = None  # for an embedded store with a child process
     default_reranker: str = ""  # the first loaded --reranker; empty when recall-only
     default_embedder: str = ""  # the first --embedder
     reranker_missing: str = ""  # why the server runs recall-only, when it does

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -192,6 +193,53 @@ def test_engine_child_is_supervised(make_server, tmp_path, tiny_ce):
         assert _wait(lambda: not _alive(child2), 15), "the engine outlived the Tandem process that started it"
     finally:
         s.kill()
+
+
+def test_engine_child_is_restarted_to_give_back_memory_under_load(make_server, tmp_path, tiny_ce):
+    """milvus-lite keeps deleted and replaced rows in memory and cannot compact; past --engine-recycle-mb of growth
+    the child is restarted on purpose. With a bound of 1 MB it restarts again and again under a write and search
+    load: no call fails (they wait while it restarts), and every acknowledged write is there afterwards."""
+    s = make_server("--reranker", tiny_ce, "--milvus-uri", str(tmp_path / "rec.db"), "--warmup", "false",
+                    "--engine-recycle-mb", "1", "--engine-recycle-check-seconds", "0.5", dir=tmp_path)
+    (first,) = _children(s.proc.pid, "milvus")
+    failures, acked, stop = [], [], threading.Event()
+    with s.channel() as ch:
+        index, search = index_pb2_grpc.IndexServiceStub(ch), search_pb2_grpc.SearchServiceStub(ch)
+        index.CreateCollection(index_pb2.CreateCollectionRequest(collection="c"), timeout=30)
+
+        def load():
+            n = 0
+            while not stop.is_set():
+                try:
+                    index.Upsert(index_pb2.UpsertRequest(collection="c", documents=[document_pb2.Document(
+                        id=f"d{n}", text=f"boundary layer note {n}")]), timeout=60)
+                    acked.append(f"d{n}")
+                    if n % 3 == 2:  # some are deleted: what milvus-lite keeps in memory
+                        index.Delete(index_pb2.DeleteRequest(collection="c", ids=[f"d{n - 1}"]), timeout=60)
+                        acked.remove(f"d{n - 1}")
+                    search.Search(search_pb2.SearchRequest(collection="c", query="boundary layer", top_n=3,
+                                                           rerank=False), timeout=60)
+                except grpc.RpcError as e:
+                    failures.append(f"{e.code().name}: {e.details()}")
+                n += 1
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            assert _wait(lambda: value(s.metrics_text(), "tandem_store_engine_recycles_total") >= 3 or failures,
+                         180), "the engine child was not restarted"
+        finally:
+            stop.set()
+            t.join(120)
+        assert not failures, failures[:5]
+        (now,) = _children(s.proc.pid, "milvus")
+        assert now != first and _nice(now) == _nice(s.proc.pid) + 10
+        assert value(s.metrics_text(), "tandem_store_engine_restarts_total") == 0  # none died
+        assert "restarted it to give back memory" in s.log()
+        kept = set()
+        for page in index.Export(index_pb2.ExportRequest(collection="c"), timeout=60):
+            kept |= {r.id for r in page.rows}
+        assert kept == set(acked)
 
 
 def test_dense_recall_equals_exact_search(stubs):

@@ -6,8 +6,10 @@ pymilvus's many failure types into the store's errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -43,6 +45,9 @@ class Connection:
         self._forget = forget
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
+        # Calls in flight, and whether new ones wait (while the embedded child restarts: `recycle`).
+        self._gate = threading.Condition()
+        self._in_flight, self._held = 0, False
 
     def client(self) -> MilvusClient:
         with self._lock:
@@ -80,8 +85,48 @@ class Connection:
         if self.engine is not None:
             self.engine.stop()
 
+    @contextlib.contextmanager
+    def _admitted(self):
+        with self._gate:
+            self._gate.wait_for(lambda: not self._held)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()
+
+    def recycle(self, drain_seconds: float = 30.0) -> float | None:
+        """Restart the embedded child: new calls wait, the calls in flight finish, the child stops and starts on
+        the same file, its collections load again, and the waiting calls go on. Returns the seconds calls were
+        held, or None when calls still in flight after drain_seconds kept it from happening (tried again later).
+        Nothing acknowledged is lost: the child has written it to its file."""
+        start = time.monotonic()
+        with self._gate:
+            self._held = True
+            drained = self._gate.wait_for(lambda: self._in_flight == 0, drain_seconds)
+        try:
+            if not drained:
+                return None
+            with self._lock:
+                self._drop_locked()
+                self.engine.stop()
+            client = self.client()
+            for name in client.list_collections():  # loaded now, not by the first call that meets each
+                client.load_collection(name)
+            return time.monotonic() - start
+        finally:
+            with self._gate:
+                self._held = False
+                self._gate.notify_all()
+
     def call(self, fn: Callable[[MilvusClient], T], collection: str | None = None) -> T:
         """fn(client), with a released `collection` loaded once and retried, and failures as StoreErrors."""
+        with self._admitted():
+            return self._call(fn, collection)
+
+    def _call(self, fn: Callable[[MilvusClient], T], collection: str | None) -> T:
         try:
             try:
                 return fn(self.client())

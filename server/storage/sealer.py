@@ -15,19 +15,21 @@ import logging
 import time
 
 from tandem.server import metrics
+from tandem.server.storage.background import Background
 from tandem.server.storage.errors import CollectionMissing, StoreError
 
 log = logging.getLogger(__name__)
 
 
-class Sealer:
+class Sealer(Background):
+    name = "sealer"
+
     def __init__(self, store, quiet_seconds: float = 1.0, max_rows: int = 10_000):
         self.store = store
         self.quiet_seconds = quiet_seconds
         self.max_rows = max_rows
         self._pending: dict[str, list] = {}  # collection -> [unflushed rows, time of the last write]
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
 
     def wrote(self, collection: str, rows: int) -> None:
         """Note an acknowledged write (on the event loop; costs a dict update)."""
@@ -36,17 +38,6 @@ class Sealer:
         entry[1] = time.monotonic()
         metrics.STORE_UNSEALED_ROWS.inc(rows)
         self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sealer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
     def _due(self, now: float) -> tuple[list[str], float | None]:
         due, wait = [], None
