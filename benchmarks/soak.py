@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -38,9 +39,11 @@ from benchmarks.loadgen import _HTTP
 from tandem.v1 import (document_pb2, embed_pb2, embed_pb2_grpc, index_pb2, index_pb2_grpc, rerank_pb2,
                        rerank_pb2_grpc, search_pb2, search_pb2_grpc)
 from tests.support.checkpoints import minilm_cross_encoder
+from tests.support.metricsparse import value
 from tests.support.serverproc import REPO, ServerProcess
 
-MODES = {"dense": 1, "sparse": 2, "hybrid": 3}
+MODES = {"dense": search_pb2.SEARCH_MODE_DENSE, "sparse": search_pb2.SEARCH_MODE_SPARSE,
+         "hybrid": search_pb2.SEARCH_MODE_HYBRID}
 WARMUP = 120.0  # seconds before slopes are fitted: caches, arenas and the first seals settle
 
 
@@ -289,7 +292,7 @@ async def run(args) -> dict:
     queries = [json.loads(x)["text"] for x in (REPO / "datasets/cranfield/queries.jsonl").read_text().splitlines()]
     tmp = Path(tempfile.mkdtemp(prefix="tandem-soak-"))
     srv = ServerProcess(tmp, "--reranker", minilm_cross_encoder(tmp / "ce"), "--milvus-uri", str(tmp / "m.db"),
-                        env={"TANDEM_LOG_LEVEL": "WARNING"}).start()
+                        *shlex.split(args.server_args), env={"TANDEM_LOG_LEVEL": "WARNING"}).start()
     try:
         async with grpc.aio.insecure_channel(srv.target) as ch:
             await seed(ch, rows)
@@ -300,6 +303,7 @@ async def run(args) -> dict:
                   f"for {args.minutes:g} min", flush=True)
             res = await soak(mix, rate, args.minutes * 60, srv.proc.pid)
         rep = report(res, args.minutes * 60, rate, cap)
+        rep["engine_recycles"] = value(srv.metrics_text(), "tandem_store_engine_recycles_total")
     finally:
         rc = srv.terminate()
     rep["server_exit_code"] = rc
@@ -314,13 +318,15 @@ def main() -> int:
     p.add_argument("--capacity-seconds", type=float, default=60)
     p.add_argument("--concurrency", type=int, default=8, help="clients of the capacity measurement")
     p.add_argument("--out", default="bench-results/soak.json")
+    p.add_argument("--server-args", default="", help="more flags for the server, e.g. '--engine-recycle-mb 16'")
     a = p.parse_args()
     rep = asyncio.run(run(a))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=1))
     print(f"CPU {rep['cpu']} ({rep['cores']} cores); {rep['calls']} calls in {rep['seconds'] / 60:g} min at "
           f"{rep['rate_calls_per_s']}/s (capacity {rep['capacity_calls_per_s']}/s); errors: {rep['errors'] or 'none'};"
-          f" engine restarts {rep['engine_restarts']}; server exit {rep['server_exit_code']}")
+          f" engine restarts {rep['engine_restarts']} (of them on purpose, to give back memory: "
+          f"{rep['engine_recycles']:g}); server exit {rep['server_exit_code']}")
     print(f"latency, first vs last {rep['window_s'] / 60:g} min (n, p50 ms, p99 ms):")
     for m, w in rep["latency"].items():
         f, l = w["first"], w["last"]

@@ -23,6 +23,7 @@ import pytest
 from tandem.server.access.tokens import digest
 from tandem.server.http.openapi import NO_NUL, NOT_BLANK
 from tests.support.http import call
+from tests.support.serverproc import REFERENCE_RERANKER
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "fuzz" / "schemathesis.toml"
@@ -52,7 +53,8 @@ EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "15"))  # per route and ph
 def fuzzed(make_module_server, tiny_ce, tmp_path_factory):
     policy = tmp_path_factory.mktemp("fuzz") / "policy.toml"
     policy.write_text(POLICY)
-    s = make_module_server("--reranker", tiny_ce, "--warmup", "false", "--auth-policy", str(policy), *LIMITS)
+    s = make_module_server("--reranker", tiny_ce, *REFERENCE_RERANKER, "--warmup", "false", "--auth-policy",
+                           str(policy), *LIMITS)
     admin = TOKENS["admin"]
     # The collection the fuzzer's requests name half the time (tests/fuzz/schemathesis.toml), with documents.
     assert call(f"{s.http_url}/tandem.v1.IndexService/CreateCollection", {"collection": "fuzzed"},
@@ -86,8 +88,11 @@ def _schemathesis(s, seed: int, token: str | None, tmp: Path, codec: str) -> sub
 @pytest.mark.parametrize("scope", ["admin", "write", "read", "none"])
 def test_schemathesis_finds_nothing_on_any_route(fuzzed, scope, tmp_path):
     token = TOKENS.get(scope)
-    # A fixed seed with ASCII texts and every check; a random seed (printed, to replay: --seed) with any text.
-    for seed, codec in ((7, "ascii"), (random.SystemRandom().randrange(2**31), "utf-8")):
+    seed = random.SystemRandom().randrange(2**31)  # printed, to replay a failure: --seed
+    # With every right: a fixed seed with ASCII texts and every check, and the random seed with any text. With
+    # fewer or none, where most calls stop at the gate, the random seed with ASCII texts and every check.
+    runs = ((7, "ascii"), (seed, "utf-8")) if scope == "admin" else ((seed, "ascii"),)
+    for seed, codec in runs:
         print(f"schemathesis seed {seed}, codec {codec} ({scope})")
         out = _schemathesis(fuzzed, seed, token, tmp_path, codec)
         tail = (out.stdout + out.stderr)[-6000:]

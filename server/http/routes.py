@@ -239,8 +239,8 @@ def build(routes: list[Route], gate: Gate, admission: Admission, max_body_bytes:
                               "OpenAI, vLLM/Infinity), and Tandem's own contract by the Connect protocol.",
                   **_no_native_telemetry())
     # The OpenAPI document is FastAPI's own route; listed here so that it is behind the token like the rest.
-    table = {("GET", "/openapi.json"): Route("/openapi.json", lambda: app.openapi(), errors.OPENAI, "OpenAPI",
-                                             method="GET", rule=Rule(None), fails=())}
+    table = {("GET", "/openapi.json"): Route("/openapi.json", app.openapi, errors.OPENAI, "OpenAPI", method="GET",
+                                             rule=Rule(None), fails=())}
     for r in routes:
         extra = None
         if r.body:

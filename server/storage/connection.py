@@ -45,9 +45,9 @@ class Connection:
         self._forget = forget
         self._client: MilvusClient | None = None
         self._lock = threading.Lock()
-        # Calls in flight, and whether new ones wait (while the embedded child restarts: `recycle`).
+        # Calls in flight, scans open, and whether new ones wait (while the embedded child restarts: `recycle`).
         self._gate = threading.Condition()
-        self._in_flight, self._held = 0, False
+        self._in_flight, self._scans, self._held = 0, 0, False
 
     def client(self) -> MilvusClient:
         with self._lock:
@@ -97,13 +97,27 @@ class Connection:
                 self._in_flight -= 1
                 self._gate.notify_all()
 
+    @contextlib.contextmanager
+    def scanning(self):
+        """While a scan (an export) is open: its engine iterator lives on this client, so no restart begins."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._held)
+            self._scans += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._scans -= 1
+
     def recycle(self, drain_seconds: float = 30.0) -> float | None:
         """Restart the embedded child: new calls wait, the calls in flight finish, the child stops and starts on
         the same file, its collections load again, and the waiting calls go on. Returns the seconds calls were
-        held, or None when calls still in flight after drain_seconds kept it from happening (tried again later).
-        Nothing acknowledged is lost: the child has written it to its file."""
+        held, or None when an open scan, or calls still in flight after drain_seconds, kept it from happening (it
+        is tried again later). Nothing acknowledged is lost: the child has written it to its file."""
         start = time.monotonic()
         with self._gate:
+            if self._scans:
+                return None
             self._held = True
             drained = self._gate.wait_for(lambda: self._in_flight == 0, drain_seconds)
         try:

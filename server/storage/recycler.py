@@ -60,8 +60,8 @@ class Recycler(Background):
             return
         held = await asyncio.to_thread(self.conn.recycle)
         if held is None:
-            log.info("embedded Milvus: %.0f MB over its start, but store calls kept running for 30 s; trying "
-                     "again in %.0f s", grown, self.check_seconds)
+            log.info("embedded Milvus: %.0f MB over its start, but an export was open or store calls kept running "
+                     "for 30 s; trying again in %.0f s", grown, self.check_seconds)
             return
         metrics.STORE_ENGINE_RECYCLES.inc()
         self._baseline = None

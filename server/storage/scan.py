@@ -25,23 +25,24 @@ def scan(conn: Connection, meta: CollectionMeta, page_size: int) -> Iterator[lis
     "id" is their document's), with ids as the client sent them. Close the generator to release the iterator."""
     name, chunked = meta.name, bool(meta.chunking)
     fields = FIELDS + PASSAGE_FIELDS if chunked else FIELDS
-    it = conn.call(lambda c: c.query_iterator(name, batch_size=min(page_size, ENGINE_BATCH), output_fields=fields),
-                   name)
     decode = decode_id if meta.escaped_ids else (lambda x: x)
-    page: list[dict] = []
-    try:
-        while True:
-            batch = conn.call(lambda c: it.next(), name)
-            for r in batch:
-                r["id"] = decode(r.pop("doc_id") if chunked else r["id"])
-            page += batch
-            if len(page) >= page_size or (not batch and page):
-                yield page
-                page = []
-            if not batch:
-                return
-    finally:
+    with conn.scanning():  # the iterator lives on this client: no planned restart of the engine meanwhile
+        it = conn.call(lambda c: c.query_iterator(name, batch_size=min(page_size, ENGINE_BATCH),
+                                                  output_fields=fields), name)
+        page: list[dict] = []
         try:
-            it.close()
-        except Exception:  # the connection may be gone; nothing is held server-side for long
-            pass
+            while True:
+                batch = conn.call(lambda c: it.next(), name)
+                for r in batch:
+                    r["id"] = decode(r.pop("doc_id") if chunked else r["id"])
+                page += batch
+                if len(page) >= page_size or (not batch and page):
+                    yield page
+                    page = []
+                if not batch:
+                    return
+        finally:
+            try:
+                it.close()
+            except Exception:  # the connection may be gone; nothing is held server-side for long
+                pass
