@@ -98,6 +98,7 @@ def test_schemathesis_finds_nothing_on_any_route(fuzzed, scope, tmp_path):
         tail = (out.stdout + out.stderr)[-6000:]
         assert out.returncode == 0, f"schemathesis, seed {seed}, codec {codec}, scope {scope}, found:\n{tail}"
         assert "Tested: 20" in out.stdout, tail  # every route in the document
+        print(next((line.strip() for line in out.stdout.splitlines() if " generated" in line), ""))
     # Still healthy, still serving, and nothing unhandled on the way.
     assert httpx.get(f"{fuzzed.http_url}/health", timeout=30).status_code == 200
     r = call(f"{fuzzed.http_url}/v1/rerank", {"query": "stall", "documents": ["wing stall", "heat"]},
