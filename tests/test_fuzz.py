@@ -98,7 +98,8 @@ def test_schemathesis_finds_nothing_on_any_route(fuzzed, scope, tmp_path):
         tail = (out.stdout + out.stderr)[-6000:]
         assert out.returncode == 0, f"schemathesis, seed {seed}, codec {codec}, scope {scope}, found:\n{tail}"
         assert "Tested: 20" in out.stdout, tail  # every route in the document
-        print(next((line.strip() for line in out.stdout.splitlines() if " generated" in line), ""))
+        print(next((line.strip() for line in out.stdout.splitlines() if re.match(r"\s*[0-9,]+ generated", line)),
+                   ""))
     # Still healthy, still serving, and nothing unhandled on the way.
     assert httpx.get(f"{fuzzed.http_url}/health", timeout=30).status_code == 200
     r = call(f"{fuzzed.http_url}/v1/rerank", {"query": "stall", "documents": ["wing stall", "heat"]},
@@ -197,6 +198,18 @@ def test_a_blank_text_is_blank_in_the_document_as_in_the_engine():
         text = f" {c}\t"
         assert bool(not_blank.search(text) and no_nul.search(text)) == (bool(text.strip()) and c != "\x00"), \
             f"U+{ord(c):04X}"
+
+
+def test_a_search_that_leaves_recall_k_out_fits_a_lower_max_recall_k(fuzzed):
+    """The fuzzer's Searches were nearly all refused: recall_k defaulted to 100, over this server's
+    --max-recall-k of 64. The defaults now fit the limit."""
+    url = f"{fuzzed.http_url}/tandem.v1.IndexService"
+    assert call(f"{url}/CreateCollection", {"collection": "defaults"}, token=TOKENS["admin"]).status == 200
+    assert call(f"{url}/Upsert", {"collection": "defaults", "documents": [{"id": "a", "text": "wing stall"}]},
+                token=TOKENS["admin"]).status == 200
+    code, out = _post(fuzzed, "/tandem.v1.SearchService/Search", {"collection": "defaults", "query": "wing stall",
+                                                                   "rerank": False})
+    assert code == 200 and [h["id"] for h in out["hits"]] == ["a"], out
 
 
 def test_a_tei_body_at_rerank_fails_in_teis_envelope(fuzzed):

@@ -139,10 +139,12 @@ class Retriever:
         validation.text("filter_text", q.filter_text, cfg.max_text_bytes, allow_empty=True)
         if q.mode not in MODES:
             raise invalid(f"mode {q.mode!r} is not a search mode; use one of {', '.join(MODES)}")
-        top_n = q.top_n or DEFAULT_TOP_N
+        # The defaults fit within the server's limit, so a server run with a lower --max-recall-k still answers
+        # a Search that leaves them out.
+        top_n = q.top_n or min(DEFAULT_TOP_N, cfg.max_recall_k)
         if top_n > cfg.max_recall_k:
             raise invalid(f"top_n is {top_n}; the limit is {cfg.max_recall_k} (max_recall_k)")
-        recall_k = q.recall_k or max(DEFAULT_RECALL_K, top_n)
+        recall_k = q.recall_k or min(max(DEFAULT_RECALL_K, top_n), cfg.max_recall_k)
         if recall_k > cfg.max_recall_k:
             raise invalid(f"recall_k is {recall_k}; the limit is {cfg.max_recall_k} (max_recall_k)")
         if top_n > recall_k:
