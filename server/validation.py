@@ -18,10 +18,20 @@ def text(field: str, value: str, max_bytes: int, *, allow_empty: bool = False) -
         raise invalid(f"{field} is empty")
     if "\x00" in value:
         raise invalid(f"{field} contains a NUL character")
-    n = len(value.encode("utf-8", "surrogatepass"))
+    n = len(_utf8(field, value))
     if n > max_bytes:
         raise invalid(f"{field} is {n} bytes; the limit is {max_bytes} (max_text_bytes)")
     return value
+
+
+def _utf8(field: str, value: str) -> bytes:
+    """The text as UTF-8. JSON may escape half of a surrogate pair alone (`"\\ud800"`), which is no character:
+    a tokenizer fails on it, so it is refused here, by position."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(f"{field} holds an unpaired surrogate (U+{ord(value[exc.start]):04X} at character "
+                      f"{exc.start}), which is not text; send each character whole") from None
 
 
 def count(field: str, n: int, limit: int, *, minimum: int = 1) -> None:
@@ -45,7 +55,7 @@ def doc_id(value: str, where: str) -> str:
         raise invalid(f"{where}: id is empty")
     if "\x00" in value:
         raise invalid(f"{where}: id contains a NUL character")
-    n = len(value.encode("utf-8"))
+    n = len(_utf8(f"{where}: id", value))
     if n > MAX_ID_BYTES:
         raise invalid(f"{where}: id is {n} bytes; the limit is {MAX_ID_BYTES}")
     return value

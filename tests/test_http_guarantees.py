@@ -35,6 +35,13 @@ HOSTILE = [
     ("/v2/rerank", {"query": "q", "documents": DOCS}, "text/plain", 415, COHERE, "content-type"),
     ("/v1/rerank", {"query": "q\u0000", "documents": DOCS}, None, 400, COHERE, "NUL"),
     ("/v1/rerank", {"query": "q", "documents": []}, None, 400, COHERE, "documents is empty"),
+    # Half a surrogate pair, which JSON can escape alone: no character, and a tokenizer fails on it (was a 500).
+    ("/v1/rerank", b'{"query": "q\\ud800", "documents": ["x"]}', "application/json", 400, COHERE,
+     "query holds an unpaired surrogate (U+D800 at character 1)"),
+    ("/v2/rerank", b'{"query": "q", "documents": ["x", "\\udfff"]}', "application/json", 400, COHERE,
+     "documents[1] holds an unpaired surrogate"),
+    ("/embed", b'{"inputs": ["\\ud83d"]}', "application/json", 400, TEI, "texts[0] holds an unpaired surrogate"),
+    ("/v1/embeddings", b'{"input": "a\\ud800b"}', "application/json", 400, OPENAI, "unpaired surrogate"),
     ("/rerank", b"[", "application/json", 400, OPENAI, "not JSON"),
     ("/rerank", {"query": "q", "documents": [{"txt": "a"}]}, None, 422, OPENAI, "documents"),
     ("/rerank", {"query": "q", "texts": [{"a": 1}]}, None, 422, TEI, "texts"),
