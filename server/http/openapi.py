@@ -89,27 +89,27 @@ def contract_rules(max_documents: int, max_text_bytes: int, max_recall_k: int) -
     checks) that JSON Schema can say, with this server's limits. Rules across fields (top_n within recall_k, a
     filter's grammar, chunking against the embedder's window, a cascade's stages) stay the engine's: their
     answers are 400 with the field named, as documented."""
-    text = {**text_schema(max_text_bytes), "required": True}
-    maybe_text = text_schema(max_text_bytes, blank=True)
-    collection = {"pattern": validation.COLLECTION_RE.pattern, "required": True}
-    doc_id = {"pattern": r"^[^\x00]+$", "maxLength": validation.MAX_ID_BYTES, "required": True}
-    many = {"minItems": 1, "maxItems": max_documents, "required": True}
+    required = {"required": True}
+    text, maybe_text = text_schema(max_text_bytes), text_schema(max_text_bytes, blank=True)
+    collection = {"pattern": validation.COLLECTION_RE.pattern, **required}
+    doc_id = {"pattern": r"^[^\x00]+$", "maxLength": validation.MAX_ID_BYTES}
+    many = {"minItems": 1, "maxItems": max_documents, **required}
     rules = {f"tandem.v1.{m}.collection": collection for m in (
         "CreateCollectionRequest", "DropCollectionRequest", "DescribeCollectionRequest", "UpsertRequest",
         "DeleteRequest", "ExportRequest", "SearchRequest")}
     rules.update({
-        "tandem.v1.RerankRequest.query": text,
+        "tandem.v1.RerankRequest.query": {**text, **required},
         "tandem.v1.RerankRequest.documents": {**many, **maybe_text},
         "tandem.v1.RerankRequest.top_n": {"maximum": max_documents},
-        "tandem.v1.SearchRequest.query": text,
+        "tandem.v1.SearchRequest.query": {**text, **required},
         "tandem.v1.SearchRequest.filter_text": maybe_text,
         "tandem.v1.SearchRequest.top_n": {"maximum": max_recall_k},
         "tandem.v1.SearchRequest.recall_k": {"maximum": max_recall_k},
-        "tandem.v1.EmbedRequest.texts": {**many, **{k: v for k, v in text.items() if k != "required"}},
+        "tandem.v1.EmbedRequest.texts": {**many, **text},
         "tandem.v1.UpsertRequest.documents": many,
-        "tandem.v1.DeleteRequest.ids": {**many, **{k: v for k, v in doc_id.items() if k != "required"}},
-        "tandem.v1.Document.id": doc_id,
-        "tandem.v1.Document.text": text,
+        "tandem.v1.DeleteRequest.ids": {**many, **doc_id},
+        "tandem.v1.Document.id": {**doc_id, **required},
+        "tandem.v1.Document.text": {**text, **required},
         "tandem.v1.ExportRequest.page_size": {"maximum": MAX_PAGE},
         "tandem.v1.CreateCollectionRequest.language": {"enum": ["", *sorted(ANALYZERS)]},
     })

@@ -9,6 +9,7 @@ checks of the values (empty, too long, out of range) it leaves to the engine, wh
 
 from __future__ import annotations
 
+import functools
 import re
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as F
@@ -99,40 +100,68 @@ def _is_map(f) -> bool:
 
 # -- the shape check --------------------------------------------------------------------------------------------
 
-def check(d: Descriptor, value, where: str = "") -> None:
-    """Raise ValueError naming the first field whose JSON value proto3 JSON does not allow."""
+class ShapeError(ValueError):
+    """A JSON value proto3 JSON does not allow. Its path is filled in as the error unwinds, so a body that passes
+    (nearly all) builds no path strings."""
+
+    def __init__(self, expected: str, got):
+        super().__init__(expected)
+        self.path: list[str] = []
+        self.expected, self.got = expected, _kind(got)
+
+    def __str__(self) -> str:
+        return f"{''.join(self.path).lstrip('.') or 'the body'}: expected {self.expected}, got {self.got}"
+
+
+@functools.cache
+def _fields(d: Descriptor) -> dict:
+    return {**{f.name: f for f in d.fields}, **{f.json_name: f for f in d.fields}}
+
+
+def check(d: Descriptor, value) -> None:
+    """Raise ShapeError naming the first field whose JSON value proto3 JSON does not allow."""
     if not isinstance(value, dict):
-        raise ValueError(f"{where or 'the body'}: expected a JSON object ({d.full_name}), got {_kind(value)}")
-    by_name = {**{f.name: f for f in d.fields}, **{f.json_name: f for f in d.fields}}
+        raise ShapeError(f"a JSON object ({d.full_name})", value)
+    fields = _fields(d)
     for key, v in value.items():
-        f = by_name.get(key)
+        f = fields.get(key)
         if f is None or v is None:  # unknown fields are ignored; null is unset
             continue
-        at = f"{where}.{key}" if where else key
-        if _is_map(f):
-            if not isinstance(v, dict):
-                raise ValueError(f"{at}: expected an object, got {_kind(v)}")
-            for k, item in v.items():
-                _value(f.message_type.fields_by_name["value"], item, f"{at}.{k}")
-        elif f.is_repeated:
-            if not isinstance(v, list):
-                raise ValueError(f"{at}: expected an array, got {_kind(v)}")
-            for i, item in enumerate(v):
-                _value(f, item, f"{at}[{i}]")
-        else:
-            _value(f, v, at)
+        try:
+            if _is_map(f):
+                if not isinstance(v, dict):
+                    raise ShapeError("an object", v)
+                _each(f.message_type.fields_by_name["value"], v.items(), ".{}")
+            elif f.is_repeated:
+                if not isinstance(v, list):
+                    raise ShapeError("an array", v)
+                _each(f, enumerate(v), "[{}]")
+            else:
+                _value(f, v)
+        except ShapeError as e:
+            e.path.insert(0, f".{key}")
+            raise
 
 
-def _value(f, v, at: str) -> None:
+def _each(f, items, segment: str) -> None:
+    for k, item in items:
+        try:
+            _value(f, item)
+        except ShapeError as e:
+            e.path.insert(0, segment.format(k))
+            raise
+
+
+def _value(f, v) -> None:
     t = f.type
     if f.message_type is not None:
         known = _WELL_KNOWN.get(f.message_type.full_name)
         if known is None:
-            check(f.message_type, v, at)
+            check(f.message_type, v)
         elif known.get("type") == "object" and not isinstance(v, dict):
-            raise ValueError(f"{at}: expected an object, got {_kind(v)}")
+            raise ShapeError("an object", v)
         elif known.get("type") == "array" and not isinstance(v, list):
-            raise ValueError(f"{at}: expected an array, got {_kind(v)}")
+            raise ShapeError("an array", v)
         return
     if t in _INTS:
         lo, hi = _INTS[t]
@@ -140,22 +169,22 @@ def _value(f, v, at: str) -> None:
             int(v) if isinstance(v, float) and v.is_integer() else \
             int(v) if isinstance(v, str) and _INTEGER_TEXT.fullmatch(v) else None
         if n is None or not lo <= n <= hi:
-            raise ValueError(f"{at}: expected an integer from {lo} to {hi}, got {_kind(v)}")
+            raise ShapeError(f"an integer from {lo} to {hi}", v)
     elif t in (F.TYPE_FLOAT, F.TYPE_DOUBLE):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) or isinstance(v, str)
                 and _NUMBER_TEXT.fullmatch(v)):
-            raise ValueError(f"{at}: expected a number, got {_kind(v)}")
+            raise ShapeError("a number", v)
     elif t == F.TYPE_BOOL:
         if not isinstance(v, bool):
-            raise ValueError(f"{at}: expected true or false, got {_kind(v)}")
+            raise ShapeError("true or false", v)
     elif t in (F.TYPE_STRING, F.TYPE_BYTES):
         if not isinstance(v, str):
-            raise ValueError(f"{at}: expected a string, got {_kind(v)}")
+            raise ShapeError("a string", v)
     elif t == F.TYPE_ENUM:
-        values = f.enum_type.values
-        if not (isinstance(v, str) and v in f.enum_type.values_by_name or isinstance(v, int)
-                and not isinstance(v, bool) and v in f.enum_type.values_by_number):
-            raise ValueError(f"{at}: expected one of {', '.join(x.name for x in values)}, got {_kind(v)}")
+        e = f.enum_type
+        if not (isinstance(v, str) and v in e.values_by_name or isinstance(v, int)
+                and not isinstance(v, bool) and v in e.values_by_number):
+            raise ShapeError(f"one of {', '.join(x.name for x in e.values)}", v)
 
 
 def _kind(v) -> str:

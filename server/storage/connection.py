@@ -47,7 +47,7 @@ class Connection:
         self._lock = threading.Lock()
         # Calls in flight, scans open, and whether new ones wait (while the embedded child restarts: `recycle`).
         self._gate = threading.Condition()
-        self._in_flight, self._scans, self._held = 0, 0, False
+        self._open, self._held = {"calls": 0, "scans": 0}, False
 
     def client(self) -> MilvusClient:
         with self._lock:
@@ -86,28 +86,21 @@ class Connection:
             self.engine.stop()
 
     @contextlib.contextmanager
-    def _admitted(self):
+    def _entered(self, what: str):
+        """Count a store call ("calls") or an open scan ("scans"), each begun only while no restart holds them:
+        a scan's engine iterator lives on this client, so none begins while a scan is open."""
         with self._gate:
             self._gate.wait_for(lambda: not self._held)
-            self._in_flight += 1
+            self._open[what] += 1
         try:
             yield
         finally:
             with self._gate:
-                self._in_flight -= 1
+                self._open[what] -= 1
                 self._gate.notify_all()
 
-    @contextlib.contextmanager
     def scanning(self):
-        """While a scan (an export) is open: its engine iterator lives on this client, so no restart begins."""
-        with self._gate:
-            self._gate.wait_for(lambda: not self._held)
-            self._scans += 1
-        try:
-            yield
-        finally:
-            with self._gate:
-                self._scans -= 1
+        return self._entered("scans")
 
     def recycle(self, drain_seconds: float = 30.0) -> float | None:
         """Restart the embedded child: new calls wait, the calls in flight finish, the child stops and starts on
@@ -116,10 +109,10 @@ class Connection:
         is tried again later). Nothing acknowledged is lost: the child has written it to its file."""
         start = time.monotonic()
         with self._gate:
-            if self._scans:
+            if self._open["scans"]:
                 return None
             self._held = True
-            drained = self._gate.wait_for(lambda: self._in_flight == 0, drain_seconds)
+            drained = self._gate.wait_for(lambda: self._open["calls"] == 0, drain_seconds)
         try:
             if not drained:
                 return None
@@ -137,7 +130,7 @@ class Connection:
 
     def call(self, fn: Callable[[MilvusClient], T], collection: str | None = None) -> T:
         """fn(client), with a released `collection` loaded once and retried, and failures as StoreErrors."""
-        with self._admitted():
+        with self._entered("calls"):
             return self._call(fn, collection)
 
     def _call(self, fn: Callable[[MilvusClient], T], collection: str | None) -> T:
